@@ -1,0 +1,1 @@
+"""dbt platform on Airflow: configuration, the Cosmos DAG factory and the project-creation saga."""

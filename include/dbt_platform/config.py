@@ -1,0 +1,119 @@
+"""The one place that reads configuration.
+
+Everything else asks this module for paths, connection ids and switches; nothing else reads
+``os.environ``. Every value has a default that works in the local stack (``make run``) and an
+environment variable that overrides it (listed in the README).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    return value in {"1", "true", "yes", "on"}
+
+
+def _default_dbt_executable() -> str:
+    # Prefer the dbt installed next to the running interpreter (the project's venv).
+    candidate = Path(sys.executable).parent / "dbt"
+    if candidate.exists():
+        return str(candidate)
+    return shutil.which("dbt") or "dbt"
+
+
+@dataclass(frozen=True)
+class Settings:
+    dbt_projects_dir: Path
+    registry_dir: Path
+    state_dir: Path
+    dbt_executable: str
+    warehouse_conn_id: str
+    platform_conn_id: str
+    execution_mode: str
+    schedule: str | None
+    dbt_threads: int
+    fault_injection_enabled: bool
+    smtp_conn_id: str
+    max_project_name_length: int
+
+    @property
+    def repositories_dir(self) -> Path:
+        return self.state_dir / "repositories"
+
+    @property
+    def notifications_dir(self) -> Path:
+        return self.state_dir / "notifications"
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    """Where the local stack (``make run``) keeps its files and which loopback ports it uses."""
+
+    local_dir: Path
+    pg_port: int
+    airflow_port: int
+    pg_admin_password: str | None
+    airflow_admin_password: str | None
+    pg_os_user: str
+
+    @property
+    def pg_data_dir(self) -> Path:
+        return self.local_dir / "pg" / "data"
+
+    @property
+    def pg_socket_dir(self) -> Path:
+        return self.local_dir / "pg" / "run"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.local_dir / "secrets"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.local_dir / "logs"
+
+
+def get_stack_settings() -> StackSettings:
+    return StackSettings(
+        local_dir=Path(_env("DBT_PLATFORM_LOCAL_DIR", str(REPO_ROOT / ".local"))),
+        pg_port=int(_env("DBT_PLATFORM_PG_PORT", "55432")),
+        airflow_port=int(_env("DBT_PLATFORM_AIRFLOW_PORT", "8080")),
+        pg_admin_password=os.environ.get("DBT_PLATFORM_PG_PASSWORD") or None,
+        airflow_admin_password=os.environ.get("DBT_PLATFORM_AIRFLOW_PASSWORD") or None,
+        pg_os_user=_env("DBT_PLATFORM_PG_OS_USER", "postgres"),
+    )
+
+
+def get_settings() -> Settings:
+    """Read the settings now (not cached: tests and operators change the environment)."""
+    state_dir = Path(_env("DBT_PLATFORM_STATE_DIR", str(REPO_ROOT / ".local" / "state")))
+    schedule = _env("DBT_PLATFORM_SCHEDULE", "@daily")
+    return Settings(
+        dbt_projects_dir=Path(_env("DBT_PLATFORM_PROJECTS_DIR", str(REPO_ROOT / "dbt_projects"))),
+        registry_dir=Path(_env("DBT_PLATFORM_REGISTRY_DIR", str(state_dir / "registered_projects"))),
+        state_dir=state_dir,
+        dbt_executable=_env("DBT_PLATFORM_DBT_EXECUTABLE", _default_dbt_executable()),
+        warehouse_conn_id=_env("DBT_PLATFORM_WAREHOUSE_CONN_ID", "warehouse"),
+        platform_conn_id=_env("DBT_PLATFORM_PLATFORM_CONN_ID", "platform"),
+        execution_mode=_env("DBT_PLATFORM_EXECUTION_MODE", "local").lower(),
+        schedule=None if schedule.lower() in {"none", "manual"} else schedule,
+        dbt_threads=int(_env("DBT_PLATFORM_DBT_THREADS", "4")),
+        fault_injection_enabled=_env_bool("SAGA_FAULT_INJECTION", False),
+        smtp_conn_id=_env("DBT_PLATFORM_SMTP_CONN_ID", "smtp_default"),
+        max_project_name_length=40,
+    )

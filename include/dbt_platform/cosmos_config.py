@@ -1,0 +1,60 @@
+"""Every Cosmos configuration object is built here, from the settings and a project's description."""
+
+from __future__ import annotations
+
+from cosmos import ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
+from cosmos.constants import ExecutionMode, InvocationMode, LoadMode, TestBehavior
+from cosmos.profiles import PostgresUserPasswordProfileMapping
+
+from include.dbt_platform.config import Settings
+from include.dbt_platform.projects import DbtProject
+
+EXECUTION_MODES = {
+    "local": ExecutionMode.LOCAL,
+    "watcher": ExecutionMode.WATCHER,
+}
+
+
+def project_config(project: DbtProject) -> ProjectConfig:
+    return ProjectConfig(
+        dbt_project_path=project.path,
+        manifest_path=project.manifest_path,
+        project_name=project.name,
+        # No packages to install at run time: projects vendor what they need.
+        install_dbt_deps=False,
+    )
+
+
+def profile_config(project: DbtProject, settings: Settings) -> ProfileConfig:
+    # Credentials come from the Airflow connection at run time; nothing secret is committed.
+    return ProfileConfig(
+        profile_name=project.profile_name,
+        target_name="airflow",
+        profile_mapping=PostgresUserPasswordProfileMapping(
+            conn_id=project.conn_id,
+            profile_args={"schema": project.schema, "threads": settings.dbt_threads},
+        ),
+    )
+
+
+def execution_config(settings: Settings) -> ExecutionConfig:
+    try:
+        mode = EXECUTION_MODES[settings.execution_mode]
+    except KeyError:
+        raise ValueError(
+            f"DBT_PLATFORM_EXECUTION_MODE={settings.execution_mode!r}; expected one of {sorted(EXECUTION_MODES)}"
+        ) from None
+    return ExecutionConfig(
+        execution_mode=mode,
+        # dbt runs inside the task process: no extra interpreter start per task.
+        invocation_mode=InvocationMode.DBT_RUNNER,
+        dbt_executable_path=settings.dbt_executable,
+    )
+
+
+def render_config() -> RenderConfig:
+    return RenderConfig(
+        load_method=LoadMode.DBT_MANIFEST,
+        test_behavior=TestBehavior.AFTER_EACH,
+        emit_datasets=True,
+    )

@@ -1,0 +1,79 @@
+"""The DAG factory: one Cosmos transformation DAG per dbt project.
+
+``dags/transformations.py`` calls :func:`build_transformation_dags` for every loadable project;
+``dags/transformation_import_errors.py`` turns every project that cannot be loaded into an import
+error naming it. Two files because Airflow records import errors per file and marks every DAG of a
+failing file stale: one broken project must not hide the healthy ones.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta, timezone
+
+from cosmos import DbtDag
+
+from include.dbt_platform import cosmos_config
+from include.dbt_platform.config import Settings, get_settings
+from include.dbt_platform.projects import DbtProject, DbtProjectError, discover
+
+log = logging.getLogger(__name__)
+
+START_DATE = datetime(2024, 1, 1, tzinfo=timezone.utc)
+
+
+def dag_doc(project: DbtProject) -> str:
+    return (
+        f"# dbt project `{project.name}`\n\n"
+        f"{project.description or 'Transformations of the dbt project at'} `{project.path}`.\n\n"
+        "Each dbt model is a task followed by a task running its tests; seeds load first. "
+        f"dbt runs against Airflow connection `{project.conn_id}`, schema `{project.schema}`. "
+        "Models emit Airflow assets, so downstream DAGs can be scheduled on them.\n\n"
+        "Rendered by astronomer-cosmos from the project's manifest "
+        "(`make manifests` rebuilds it)."
+    )
+
+
+def build_transformation_dag(project: DbtProject, settings: Settings | None = None) -> DbtDag:
+    settings = settings or get_settings()
+    return DbtDag(
+        dag_id=project.name,
+        project_config=cosmos_config.project_config(project),
+        profile_config=cosmos_config.profile_config(project, settings),
+        execution_config=cosmos_config.execution_config(settings),
+        render_config=cosmos_config.render_config(),
+        operator_args={"install_deps": False},
+        schedule=project.schedule,
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        doc_md=dag_doc(project),
+        tags=["dbt", "transformations", *project.tags],
+        default_args={
+            "owner": project.owner,
+            "retries": 2,
+            "retry_delay": timedelta(seconds=30),
+            "retry_exponential_backoff": True,
+        },
+    )
+
+
+def build_transformation_dags(settings: Settings | None = None) -> dict[str, DbtDag]:
+    """Build the DAG of every loadable project. Unloadable ones are reported by the other DAG file."""
+    settings = settings or get_settings()
+    dags: dict[str, DbtDag] = {}
+    for project in discover(settings).projects:
+        try:
+            dags[project.name] = build_transformation_dag(project, settings)
+        except Exception:  # one project's Cosmos error must not take the others down
+            log.exception("dbt project '%s' (%s) could not be rendered by Cosmos", project.name, project.path)
+    return dags
+
+
+def raise_for_unloadable_projects(settings: Settings | None = None) -> None:
+    """Raise one DbtProjectError naming every project that cannot be loaded (none: return)."""
+    errors = discover(settings).errors
+    if errors:
+        lines = [f"{len(errors)} dbt project(s) cannot be turned into DAGs:"]
+        lines += [f"- {reason}" for _, reason in sorted(errors.items())]
+        raise DbtProjectError("\n".join(lines))
