@@ -150,9 +150,19 @@ def pg_init(stack: StackSettings) -> None:
         subprocess.run(
             _as_pg_user(
                 stack,
-                [pg_bin("initdb"), "-D", str(stack.pg_data_dir), "-U", "postgres", "-E", "UTF8",
-                 "--locale=C", "--auth-local=trust", "--auth-host=scram-sha-256",
-                 f"--pwfile={pwfile}"],
+                [
+                    pg_bin("initdb"),
+                    "-D",
+                    str(stack.pg_data_dir),
+                    "-U",
+                    "postgres",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    f"--pwfile={pwfile}",
+                ],
             ),
             check=True,
             capture_output=True,
@@ -184,7 +194,17 @@ def pg_start(stack: StackSettings) -> None:
         subprocess.run(
             _as_pg_user(
                 stack,
-                [pg_bin("pg_ctl"), "start", "-w", "-t", "60", "-D", str(stack.pg_data_dir), "-l", str(logfile)],
+                [
+                    pg_bin("pg_ctl"),
+                    "start",
+                    "-w",
+                    "-t",
+                    "60",
+                    "-D",
+                    str(stack.pg_data_dir),
+                    "-l",
+                    str(logfile),
+                ],
             ),
             check=True,
             capture_output=True,
@@ -242,6 +262,7 @@ class AirflowTarget:
     warehouse_db: str
     platform_db: str
     api_port: int
+    state_dir: Path
 
     @property
     def api_url(self) -> str:
@@ -255,6 +276,7 @@ def default_target(stack: StackSettings) -> AirflowTarget:
         warehouse_db="warehouse",
         platform_db="platform",
         api_port=stack.airflow_port,
+        state_dir=stack.local_dir / "state",
     )
 
 
@@ -266,7 +288,7 @@ def airflow_env(stack: StackSettings, target: AirflowTarget) -> dict[str, str]:
     """The environment every Airflow component (and the tests) run with."""
     password = pg_password(stack)
     settings = get_settings()
-    connections_file = stack.secrets_dir / "connections.json"
+    connections_file = target.state_dir / "secrets" / "connections.json"
     backend_kwargs = json.dumps({"connections_file_path": str(connections_file)})
     env = {
         "AIRFLOW_HOME": str(target.home),
@@ -299,7 +321,7 @@ def airflow_env(stack: StackSettings, target: AirflowTarget) -> dict[str, str]:
         # Connections the platform itself needs come from the environment.
         f"AIRFLOW_CONN_{settings.warehouse_conn_id.upper()}": conn_uri(stack, target.warehouse_db),
         f"AIRFLOW_CONN_{settings.platform_conn_id.upper()}": conn_uri(stack, target.platform_db),
-        "DBT_PLATFORM_STATE_DIR": str(stack.local_dir / "state"),
+        "DBT_PLATFORM_STATE_DIR": str(target.state_dir),
         **TELEMETRY_OFF,
     }
     if settings.fault_injection_enabled:
@@ -307,10 +329,11 @@ def airflow_env(stack: StackSettings, target: AirflowTarget) -> dict[str, str]:
     return env
 
 
-def _prepare_airflow_home(stack: StackSettings, target: AirflowTarget) -> None:
+def prepare_airflow_home(stack: StackSettings, target: AirflowTarget) -> None:
     target.home.mkdir(parents=True, exist_ok=True)
-    (stack.secrets_dir).mkdir(parents=True, exist_ok=True)
-    connections = stack.secrets_dir / "connections.json"
+    connections = target.state_dir / "secrets" / "connections.json"
+    connections.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(connections.parent, 0o700)
     if not connections.exists():
         fd = os.open(connections, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
@@ -422,9 +445,7 @@ def wait_healthy(stack: StackSettings, target: AirflowTarget, timeout: float = 2
             return report
         dead = [c for c in AIRFLOW_COMPONENTS if component_pid(stack, target, c) is None]
         if dead:
-            raise StackError(
-                f"Airflow component(s) {dead} exited; see {target.home / 'component-logs'}"
-            )
+            raise StackError(f"Airflow component(s) {dead} exited; see {target.home / 'component-logs'}")
         time.sleep(2)
     raise StackError(f"Airflow not healthy after {timeout:.0f}s: {report}")
 
@@ -433,7 +454,7 @@ def airflow_up(stack: StackSettings | None = None, target: AirflowTarget | None 
     stack = stack or get_stack_settings()
     target = target or default_target(stack)
     pg_up(stack, (target.metadata_db, target.warehouse_db, target.platform_db))
-    _prepare_airflow_home(stack, target)
+    prepare_airflow_home(stack, target)
     migrate_metadata_db(stack, target)
     start_airflow(stack, target)
     wait_healthy(stack, target)
@@ -487,7 +508,9 @@ class AirflowClient:
     def trigger(self, dag_id: str, run_id: str, conf: dict | None = None) -> tuple[int, dict]:
         self.request("PATCH", f"/dags/{dag_id}", {"is_paused": False})
         return self.request(
-            "POST", f"/dags/{dag_id}/dagRuns", {"dag_run_id": run_id, "logical_date": None, "conf": conf or {}}
+            "POST",
+            f"/dags/{dag_id}/dagRuns",
+            {"dag_run_id": run_id, "logical_date": None, "conf": conf or {}},
         )
 
     def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 900) -> dict:

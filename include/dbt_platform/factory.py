@@ -9,7 +9,7 @@ failing file stale: one broken project must not hide the healthy ones.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from cosmos import DbtDag
 
@@ -19,7 +19,7 @@ from include.dbt_platform.projects import DbtProject, DbtProjectError, discover
 
 log = logging.getLogger(__name__)
 
-START_DATE = datetime(2024, 1, 1, tzinfo=timezone.utc)
+START_DATE = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 def dag_doc(project: DbtProject) -> str:

@@ -57,9 +57,21 @@ def build_manifest(project_dir: Path) -> Path:
             "DO_NOT_TRACK": "true",
         }
         result = subprocess.run(
-            [settings.dbt_executable, "parse", "--profiles-dir", profiles_dir,
-             "--project-dir", str(project.path), "--no-partial-parse", "--quiet"],
-            cwd=project.path, env=env, capture_output=True, text=True, check=False,
+            [
+                settings.dbt_executable,
+                "parse",
+                "--profiles-dir",
+                profiles_dir,
+                "--project-dir",
+                str(project.path),
+                "--no-partial-parse",
+                "--quiet",
+            ],
+            cwd=project.path,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
         )
     if result.returncode != 0:
         output = (result.stdout + result.stderr).strip()

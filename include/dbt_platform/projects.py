@@ -58,9 +58,7 @@ def load_project(path: Path, settings: Settings | None = None) -> DbtProject:
     project_yml = _read_yaml(path / "dbt_project.yml")
     name = project_yml.get("name")
     if not isinstance(name, str) or not DAG_ID_PATTERN.match(name):
-        raise DbtProjectError(
-            f"dbt project at {path}: 'name' must be a lowercase identifier (got {name!r})"
-        )
+        raise DbtProjectError(f"dbt project at {path}: 'name' must be a lowercase identifier (got {name!r})")
     platform = _read_yaml(path / PLATFORM_FILE) if (path / PLATFORM_FILE).exists() else {}
     schedule = platform.get("schedule", settings.schedule)
     return DbtProject(

@@ -5,6 +5,6 @@ select
     applications.owner_user_id
 
 from {{ ref('stg_applications') }} as applications
-left join {{ ref('stg_users') }} as users
-    on applications.owner_user_id = users.user_id
-where users.user_id is null
+left join {{ ref('stg_users') }} as owners
+    on applications.owner_user_id = owners.user_id
+where owners.user_id is null

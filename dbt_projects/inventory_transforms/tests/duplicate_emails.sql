@@ -2,7 +2,7 @@
 -- downstream joins on email would silently double-count.
 select
     email,
-    count(*) as accounts
+    count(*) as account_count
 
 from {{ ref('stg_users') }}
 group by email

@@ -1,0 +1,110 @@
+"""Test harness: a real PostgreSQL (the project-local cluster), a real Airflow metadata database.
+
+Tests use their own databases (``*_test``) and Airflow home under ``.local/test`` so they never
+touch the stack that ``make run`` started. The environment is set before anything imports Airflow.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from include.dbt_platform import devstack
+from include.dbt_platform.config import REPO_ROOT, get_stack_settings
+
+STACK = get_stack_settings()
+TEST_ROOT = STACK.local_dir / "test"
+TARGET = devstack.AirflowTarget(
+    home=TEST_ROOT / "airflow",
+    metadata_db="airflow_test",
+    warehouse_db="warehouse_test",
+    platform_db="platform_test",
+    api_port=STACK.airflow_port + 100,
+    state_dir=TEST_ROOT / "state",
+)
+TEST_ENV = devstack.airflow_env(STACK, TARGET)
+os.environ.update(TEST_ENV)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    devstack.pg_up(STACK, (TARGET.metadata_db, TARGET.warehouse_db, TARGET.platform_db))
+    devstack.prepare_airflow_home(STACK, TARGET)
+    devstack.migrate_metadata_db(STACK, TARGET)
+
+
+@pytest.fixture(scope="session")
+def stack():
+    return STACK
+
+
+@pytest.fixture(scope="session")
+def target():
+    return TARGET
+
+
+def warehouse_dsn(database: str | None = None) -> str:
+    return devstack.admin_dsn(STACK, database or TARGET.warehouse_db)
+
+
+@pytest.fixture
+def warehouse() -> Iterator[psycopg2.extensions.connection]:
+    conn = psycopg2.connect(warehouse_dsn())
+    conn.autocommit = True
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def query(conn, sql: str, params=None) -> list[tuple]:
+    with conn.cursor() as cur:
+        cur.execute(sql, params)
+        return cur.fetchall()
+
+
+@pytest.fixture
+def projects_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty dbt projects folder that the factory reads instead of dbt_projects/."""
+    folder = tmp_path / "dbt_projects"
+    folder.mkdir()
+    monkeypatch.setenv("DBT_PLATFORM_PROJECTS_DIR", str(folder))
+    monkeypatch.setenv("DBT_PLATFORM_REGISTRY_DIR", str(tmp_path / "registered"))
+    return folder
+
+
+def copy_project(name: str, dest_root: Path, schema: str) -> Path:
+    """Copy a shipped dbt project (without build artefacts) and point it at its own schema."""
+    dest = dest_root / name
+    shutil.copytree(REPO_ROOT / "dbt_projects" / name, dest, ignore=shutil.ignore_patterns("target", "logs"))
+    (dest / "platform.yml").write_text(f"schema: {schema}\n")
+    return dest
+
+
+def build_manifest(project_dir: Path) -> None:
+    from include.dbt_platform.manifests import build_manifest as build
+
+    build(project_dir)
+
+
+def run_dag_test(dag):
+    """Run a DAG in-process with ``dag.test()`` and return the DagRun and its task states."""
+    run = dag.test()
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    return run, states
+
+
+@pytest.fixture(scope="session")
+def airflow_cli_env() -> dict[str, str]:
+    return {**os.environ, **TEST_ENV}
+
+
+def airflow_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [devstack.airflow_bin(), *args], env={**os.environ, **TEST_ENV}, capture_output=True, text=True
+    )

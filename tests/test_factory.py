@@ -1,0 +1,114 @@
+"""The DAG factory: a dbt project dropped into the projects folder becomes a DAG; a broken one is an
+import error naming it, while the others still load."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+from airflow.dag_processing.dagbag import DagBag
+
+from include.dbt_platform.config import REPO_ROOT
+from include.dbt_platform.projects import DbtProjectError, load_project
+from tests.conftest import build_manifest, query, run_dag_test
+
+DAGS_FOLDER = REPO_ROOT / "dags"
+
+
+def write_tiny_project(root: Path, name: str) -> Path:
+    project = root / name
+    (project / "models").mkdir(parents=True)
+    (project / "dbt_project.yml").write_text(
+        textwrap.dedent(
+            f"""
+            name: {name}
+            version: "1.0.0"
+            config-version: 2
+            profile: {name}
+            models:
+              {name}:
+                +materialized: table
+            """
+        )
+    )
+    (project / "models" / "numbers.sql").write_text("select n from generate_series(1, 5) as n\n")
+    (project / "models" / "_models.yml").write_text(
+        textwrap.dedent(
+            """
+            version: 2
+            models:
+              - name: numbers
+                description: Five numbers.
+                columns:
+                  - name: n
+                    data_tests: [unique, not_null]
+            """
+        )
+    )
+    return project
+
+
+def test_new_project_becomes_a_dag_and_runs_green(projects_dir: Path, warehouse):
+    project = write_tiny_project(projects_dir, "tiny_factory_project")
+    build_manifest(project)
+
+    bag = DagBag(dag_folder=str(DAGS_FOLDER))
+
+    assert bag.import_errors == {}
+    assert set(bag.dags) == {"tiny_factory_project"}
+    dag = bag.dags["tiny_factory_project"]
+    assert {"numbers.run", "numbers.test"} <= set(dag.task_ids)
+    run, states = run_dag_test(dag)
+    assert run.state == "success", states
+    assert query(warehouse, "select sum(n) from tiny_factory_project.numbers") == [(15,)]
+    with warehouse.cursor() as cur:
+        cur.execute("drop schema tiny_factory_project cascade")
+
+
+def test_broken_project_is_an_import_error_naming_it_while_others_load(projects_dir: Path):
+    healthy = write_tiny_project(projects_dir, "healthy_project")
+    build_manifest(healthy)
+    write_tiny_project(projects_dir, "no_manifest_project")  # never parsed: no manifest
+    bad_yaml = projects_dir / "bad_yaml_project"
+    bad_yaml.mkdir()
+    (bad_yaml / "dbt_project.yml").write_text("name: [unclosed\n")
+
+    bag = DagBag(dag_folder=str(DAGS_FOLDER))
+
+    assert set(bag.dags) == {"healthy_project"}
+    assert len(bag.import_errors) == 1
+    ((error_file, message),) = bag.import_errors.items()
+    assert error_file.endswith("transformation_import_errors.py")
+    assert "no_manifest_project" in message and "make manifests" in message
+    assert "bad_yaml_project" in message
+
+
+def test_manifest_build_reports_dbt_errors(projects_dir: Path):
+    project = write_tiny_project(projects_dir, "broken_sql_project")
+    (project / "models" / "bad.sql").write_text("select {{ ref('does_not_exist') }}\n")
+    with pytest.raises(DbtProjectError, match="broken_sql_project"):
+        build_manifest(project)
+
+
+@pytest.mark.parametrize("name", ["Upper", "has-dash", "1starts_with_digit", ""])
+def test_project_names_must_be_dag_ids(tmp_path: Path, name: str):
+    (tmp_path / "dbt_project.yml").write_text(f"name: '{name}'\nprofile: x\n")
+    with pytest.raises(DbtProjectError, match="lowercase identifier"):
+        load_project(tmp_path)
+
+
+def test_platform_yml_overrides_defaults(tmp_path: Path):
+    (tmp_path / "dbt_project.yml").write_text("name: sales\nprofile: sales_profile\n")
+    (tmp_path / "platform.yml").write_text(
+        "conn_id: sales_prod\nschema: sales_marts\nschedule: '@hourly'\nowner: ana@example.com\ntags: [sales]\n"
+    )
+    project = load_project(tmp_path)
+    assert (project.conn_id, project.schema, project.schedule, project.owner, project.tags) == (
+        "sales_prod",
+        "sales_marts",
+        "@hourly",
+        "ana@example.com",
+        ("sales",),
+    )
+    assert project.profile_name == "sales_profile"
