@@ -28,7 +28,11 @@ TARGET = devstack.AirflowTarget(
     api_port=STACK.airflow_port + 100,
     state_dir=TEST_ROOT / "state",
 )
-TEST_ENV = devstack.airflow_env(STACK, TARGET)
+TEST_ENV = {
+    **devstack.airflow_env(STACK, TARGET),
+    "SAGA_FAULT_INJECTION": "1",
+    "DBT_PLATFORM_SAGA_RETRY_DELAY_SECONDS": "1",
+}
 os.environ.update(TEST_ENV)
 
 

@@ -49,7 +49,7 @@ class Settings:
     dbt_threads: int
     fault_injection_enabled: bool
     smtp_conn_id: str
-    max_project_name_length: int
+    saga_retry_delay_seconds: float | None
 
     @property
     def repositories_dir(self) -> Path:
@@ -115,5 +115,9 @@ def get_settings() -> Settings:
         dbt_threads=int(_env("DBT_PLATFORM_DBT_THREADS", "4")),
         fault_injection_enabled=_env_bool("SAGA_FAULT_INJECTION", False),
         smtp_conn_id=_env("DBT_PLATFORM_SMTP_CONN_ID", "smtp_default"),
-        max_project_name_length=40,
+        saga_retry_delay_seconds=(
+            float(os.environ["DBT_PLATFORM_SAGA_RETRY_DELAY_SECONDS"])
+            if os.environ.get("DBT_PLATFORM_SAGA_RETRY_DELAY_SECONDS")
+            else None
+        ),
     )

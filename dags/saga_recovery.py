@@ -1,0 +1,45 @@
+"""
+# `saga_recovery` — finish sagas that their runs left unfinished
+
+Every 10 minutes: finds sagas still EXECUTING or COMPENSATING whose Airflow run is over (failed,
+timed out, killed, marked by hand) or past the saga deadline, and compensates them.
+
+**Re-drive** a FAILED saga (a compensation that failed for good) once the cause is fixed: trigger this
+DAG with conf `{"saga_id": "<id>"}`.
+"""
+
+from datetime import UTC, datetime, timedelta
+
+from airflow.sdk import DAG, Param, task
+
+from include.dbt_platform.project_saga import definition
+from include.dbt_platform.saga.recovery import recover_sagas
+
+with DAG(
+    dag_id="saga_recovery",
+    schedule=timedelta(minutes=10),
+    start_date=datetime(2024, 1, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["saga", "operations"],
+    params={
+        "saga_id": Param(
+            None,
+            type=["string", "null"],
+            title="Saga to re-drive",
+            description="Leave empty to sweep every unfinished saga.",
+        )
+    },
+    default_args={"owner": "data-platform", "retries": 2, "retry_delay": timedelta(seconds=30)},
+):
+
+    @task
+    def recover(params=None) -> dict:
+        from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+        return recover_sagas(
+            definition(), RuntimeTaskInstance.get_dagrun_state, saga_id=(params or {}).get("saga_id")
+        )
+
+    recover()

@@ -1,0 +1,72 @@
+"""Typed errors: each says whether retrying can help."""
+
+from __future__ import annotations
+
+import socket
+
+
+class SagaError(Exception):
+    """Base class for errors raised by saga steps and adapters."""
+
+    retryable = False
+
+
+class TransientError(SagaError):
+    """Retrying may help: the service was unreachable, timed out, or a lock/serialization conflict."""
+
+    retryable = True
+
+
+class PermanentError(SagaError):
+    """Retrying cannot help: compensate at once."""
+
+
+class RequestInvalid(PermanentError):
+    """The request is malformed; nothing was changed."""
+
+
+class Conflict(PermanentError):
+    """The resource exists already and belongs to someone else (e.g. the project name is taken)."""
+
+
+class PermissionDenied(PermanentError):
+    """The platform lacks a privilege it needs."""
+
+
+# SQLSTATE classes/codes for which a retry can succeed.
+_TRANSIENT_SQLSTATES = {
+    "40001",  # serialization_failure
+    "40P01",  # deadlock_detected
+    "55P03",  # lock_not_available
+    "57014",  # query_canceled (statement_timeout)
+    "57P01",  # admin_shutdown
+    "57P02",  # crash_shutdown
+    "57P03",  # cannot_connect_now
+    "53300",  # too_many_connections
+}
+_TRANSIENT_SQLSTATE_CLASSES = {"08"}  # connection exceptions
+_PERMISSION_SQLSTATES = {"42501"}  # insufficient_privilege
+_CONFLICT_SQLSTATES = {"42P04", "42710", "23505", "42P06"}  # duplicate db/object/key/schema
+
+
+def classify(exc: BaseException) -> SagaError:
+    """Turn any exception into a TransientError or a PermanentError (keeping the message)."""
+    if isinstance(exc, SagaError):
+        return exc
+    import psycopg2
+
+    if isinstance(exc, psycopg2.Error):
+        code = getattr(exc, "pgcode", None)
+        message = (str(exc) or type(exc).__name__).strip()
+        if code is None and isinstance(exc, psycopg2.OperationalError):
+            return TransientError(f"database unreachable: {message}")
+        if code in _TRANSIENT_SQLSTATES or (code or "")[:2] in _TRANSIENT_SQLSTATE_CLASSES:
+            return TransientError(f"{message} (SQLSTATE {code})")
+        if code in _PERMISSION_SQLSTATES:
+            return PermissionDenied(f"{message} (SQLSTATE {code})")
+        if code in _CONFLICT_SQLSTATES:
+            return Conflict(f"{message} (SQLSTATE {code})")
+        return PermanentError(f"{message} (SQLSTATE {code})")
+    if isinstance(exc, (TimeoutError, ConnectionError, socket.timeout)):
+        return TransientError(f"{type(exc).__name__}: {exc}")
+    return PermanentError(f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,51 @@
+"""Find sagas their runs left unfinished and finish them; re-drive FAILED ones on request."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from include.dbt_platform.saga import journal as j
+from include.dbt_platform.saga.engine import SagaDefinition, compensate_saga
+
+log = logging.getLogger(__name__)
+RUN_OVER = {"failed", "success"}
+
+
+def recover_sagas(
+    definition: SagaDefinition,
+    run_state: Callable[[str, str], str | None],
+    *,
+    saga_id: str | None = None,
+    now: datetime | None = None,
+) -> dict:
+    """Compensate unfinished sagas whose run is over (or past deadline). Returns what was done."""
+    journal = definition.journal()
+    journal.ensure_schema()
+    now = now or datetime.now(UTC)
+    if saga_id:
+        saga = journal.get(saga_id)
+        if saga is None:
+            raise ValueError(f"no saga {saga_id}")
+        candidates = [saga] if saga.state in (j.EXECUTING, j.COMPENSATING, j.FAILED) else []
+    else:
+        candidates = journal.find((j.EXECUTING, j.COMPENSATING))
+    done: dict[str, str] = {}
+    for saga in candidates:
+        try:
+            state = run_state(saga.dag_id, saga.run_id)
+        except Exception:  # the run is gone (deleted): only the journal speaks
+            state = None
+        overdue = saga.deadline_at is not None and saga.deadline_at < now
+        if state not in RUN_OVER and not overdue and not (saga_id and saga.state == j.FAILED):
+            continue
+        failures = compensate_saga(
+            definition,
+            saga.saga_id,
+            final_attempt=True,
+            reason=f"recovered (run {state or 'unknown'}, overdue={overdue})",
+        )
+        done[saga.saga_id] = "FAILED" if failures else j.COMPENSATED
+        log.info("[saga=%s] recovery: %s", saga.saga_id, done[saga.saga_id])
+    return done
