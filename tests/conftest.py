@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,14 +100,3 @@ def run_dag_test(dag):
     run = dag.test()
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     return run, states
-
-
-@pytest.fixture(scope="session")
-def airflow_cli_env() -> dict[str, str]:
-    return {**os.environ, **TEST_ENV}
-
-
-def airflow_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [devstack.airflow_bin(), *args], env={**os.environ, **TEST_ENV}, capture_output=True, text=True
-    )

@@ -22,7 +22,7 @@ from include.dbt_platform.config import REPO_ROOT, get_settings
 from include.dbt_platform.saga import journal as j
 from include.dbt_platform.saga.engine import run_step
 from include.dbt_platform.saga.recovery import recover_sagas
-from tests.conftest import TARGET, query, warehouse_dsn
+from tests.conftest import STACK, TARGET, query, warehouse_dsn
 
 STEPS = [s.name for s in project_saga.definition().steps]
 EFFECT_STEPS = STEPS[1:]  # validate_request has no side effect
@@ -139,7 +139,7 @@ def test_happy_path_every_resource_exists_and_works(saga_dag, warehouse):
     # The dev role logs in to its database and creates a table in its schema...
     dev = psycopg2.connect(
         host="127.0.0.1",
-        port=TARGET_PORT(),
+        port=STACK.pg_port,
         dbname="dbt_happy_one",
         user="happy_one_dev_rw",
         password=stored_password("dbt_happy_one_dev"),
@@ -159,7 +159,7 @@ def test_happy_path_every_resource_exists_and_works(saga_dag, warehouse):
     with pytest.raises(psycopg2.OperationalError, match="permission denied"):
         psycopg2.connect(
             host="127.0.0.1",
-            port=TARGET_PORT(),
+            port=STACK.pg_port,
             dbname="dbt_happy_two",
             user="happy_one_dev_rw",
             password=stored_password("dbt_happy_one_dev"),
@@ -187,12 +187,6 @@ def test_happy_path_every_resource_exists_and_works(saga_dag, warehouse):
 
     # No password in the journal or XCom.
     assert_no_secrets([stored_password("dbt_happy_one_dev"), stored_password("dbt_happy_one_prod")])
-
-
-def TARGET_PORT() -> int:
-    from tests.conftest import STACK
-
-    return STACK.pg_port
 
 
 def query_exec(conn, statement: str) -> None:

@@ -25,7 +25,7 @@ from psycopg2 import sql
 from psycopg2.extensions import make_dsn, parse_dsn
 
 from include.dbt_platform.adapters import git_repo
-from include.dbt_platform.adapters.postgres import Postgres, ident
+from include.dbt_platform.adapters.postgres import Postgres, ident, marker
 from include.dbt_platform.adapters.secrets_store import ConnectionStore
 from include.dbt_platform.config import get_settings
 from include.dbt_platform.project_request import (
@@ -91,7 +91,7 @@ def validate_request(ctx: StepContext) -> dict:
     db_marker = pg.database_marker(req.database_name)
     if req.database_mode == "existing" and db_marker is None:
         raise RequestInvalid(f"database '{req.database_name}' does not exist (database_mode 'existing')")
-    if req.database_mode == "new" and db_marker not in (None, f"dbt-platform saga {ctx.saga_id}"):
+    if req.database_mode == "new" and db_marker not in (None, marker(ctx.saga_id)):
         raise Conflict(f"database '{req.database_name}' already exists; use database_mode 'existing'")
     missing = [r for r in req.readers if not pg.role_exists(r)]
     if missing:
@@ -244,7 +244,7 @@ def revoke_entitlements(ctx: StepContext, result: dict) -> None:
         statements = []
         for env in req.environments:
             login = req.login_role(env)
-            if pg.role_marker(login) == f"dbt-platform saga {ctx.saga_id}" and pg.schema_marker(
+            if pg.role_marker(login) == marker(ctx.saga_id) and pg.schema_marker(
                 req.database_name, req.schema(env)
             ):
                 statements.append(

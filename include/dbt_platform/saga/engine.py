@@ -152,10 +152,6 @@ def _context_for(
     )
 
 
-class Duplicate(Exception):
-    """This run repeats an idempotency key: nothing is created, the original saga's outcome is reported."""
-
-
 def run_step(definition: SagaDefinition, step: Step, context: dict) -> None:
     """The body of a forward task. Idempotent: a cleared or retried task re-runs safely."""
     from airflow.sdk.exceptions import (
