@@ -80,13 +80,18 @@ def uniq(prefix: str) -> str:
 
 
 def request(name: str, **overrides) -> dict:
+    # Every field explicit: dag.test() reuses one DAG object, so a param left out keeps the value an
+    # earlier test's conf gave it (e.g. a fault_injection).
     return {
         "project_name": name,
         "owner": "ana@example.com",
         "description": "test project",
         "environments": ["dev", "staging", "prod"],
         "database_mode": "new",
+        "database_name": None,
         "readers": [],
+        "idempotency_key": None,
+        "fault_injection": None,
         **overrides,
     }
 
