@@ -450,6 +450,48 @@ def test_recovery_compensates_a_saga_its_dead_run_left_executing():
     assert inventory() == before
 
 
+def test_failing_compensation_leaves_saga_failed_alerted_and_redrivable(saga_dag):
+    settings = get_settings()
+    before = inventory()
+    name = uniq("compfail")
+    fault = {"step": "notify_owner", "mode": "permanent", "fail_compensation_of": "setup_repository"}
+    run, states, saga_id = run_saga(saga_dag, request(name, fault_injection=fault))
+
+    assert run.state == "failed"
+    assert states["compensate"] == "failed"
+    assert states["report_outcome"] == "failed"
+    saga = journal().get(saga_id)
+    assert saga.state == j.FAILED
+    assert "setup_repository" in saga.error
+    steps = {s.step_name: s.state for s in journal().steps(saga_id)}
+    assert steps["setup_repository"] == j.COMPENSATION_FAILED
+    # Every other compensation still ran.
+    for step in (
+        "create_project",
+        "provision_database",
+        "create_environments",
+        "create_credentials",
+        "assign_entitlements",
+        "register_transformations",
+    ):
+        assert steps[step] == j.STEP_COMPENSATED, step
+    left = inventory()
+    assert left["repositories"] == sorted([*before["repositories"], name])
+    assert left["databases"] == before["databases"]
+    assert left["connections"] == before["connections"]
+    alert = json.loads((settings.notifications_dir / "alerts" / f"{saga_id}.json").read_text())
+    assert saga_id in alert["subject"]
+    assert f'"saga_id": "{saga_id}"' in alert["body"], "the alert says how to re-drive"
+
+    # Re-drive: the documented way, the recovery DAG with the saga id.
+    recovery = DagBag(dag_folder=str(REPO_ROOT / "dags" / "saga_recovery.py")).dags["saga_recovery"]
+    redrive = recovery.test(run_conf={"saga_id": saga_id})
+    assert redrive.state == "success"
+    assert journal().get(saga_id).state == j.COMPENSATED
+    assert journal().step(saga_id, "setup_repository").state == j.STEP_COMPENSATED
+    assert inventory() == before
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _clean_up_created_projects():
     yield

@@ -7,6 +7,7 @@ environment variable that overrides it (listed in the README).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -50,6 +51,8 @@ class Settings:
     fault_injection_enabled: bool
     smtp_conn_id: str
     saga_retry_delay_seconds: float | None
+    # Seconds, by step name, plus "saga" for the whole run (drills and tests shorten them).
+    saga_timeouts: dict[str, float]
 
     @property
     def repositories_dir(self) -> Path:
@@ -120,4 +123,16 @@ def get_settings() -> Settings:
             if os.environ.get("DBT_PLATFORM_SAGA_RETRY_DELAY_SECONDS")
             else None
         ),
+        saga_timeouts=_saga_timeouts(),
     )
+
+
+def _saga_timeouts() -> dict[str, float]:
+    raw = _env("DBT_PLATFORM_SAGA_TIMEOUTS", "{}")
+    try:
+        parsed = json.loads(raw)
+        return {str(k): float(v) for k, v in parsed.items()}
+    except (ValueError, TypeError, AttributeError):
+        raise ValueError(
+            f'DBT_PLATFORM_SAGA_TIMEOUTS={raw!r}: expected JSON like {{"saga": 1800, "create_environments": 60}}'
+        ) from None

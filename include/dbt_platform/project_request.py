@@ -194,6 +194,6 @@ def dag_params() -> dict:
             title="Fault injection (drills)",
             description="Ignored unless SAGA_FAULT_INJECTION=1 is set for Airflow. "
             '{"step": ..., "mode": "permanent|transient|timeout|crash_after_effect", '
-            '"times": N}',
+            '"times": N, "fail_compensation_of": <step>}',
         ),
     }

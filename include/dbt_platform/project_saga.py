@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import secrets
 import shutil
+from dataclasses import replace
 from datetime import timedelta
 from functools import cache
 
@@ -337,6 +338,22 @@ DB_STEP = RetryPolicy(retries=3, delay=timedelta(seconds=5), max_delay=timedelta
 
 @cache
 def definition() -> SagaDefinition:
+    return with_timeouts(_definition(), get_settings().saga_timeouts)
+
+
+def with_timeouts(saga: SagaDefinition, seconds: dict[str, float]) -> SagaDefinition:
+    """Apply ``DBT_PLATFORM_SAGA_TIMEOUTS`` (operators' drills and the real-scheduler tests)."""
+    unknown = set(seconds) - {"saga", *(s.name for s in saga.steps)}
+    if unknown:
+        raise ValueError(f"DBT_PLATFORM_SAGA_TIMEOUTS names unknown steps: {sorted(unknown)}")
+    steps = [
+        replace(s, timeout=timedelta(seconds=seconds[s.name])) if s.name in seconds else s for s in saga.steps
+    ]
+    timeout = timedelta(seconds=seconds["saga"]) if "saga" in seconds else saga.timeout
+    return replace(saga, steps=steps, timeout=timeout)
+
+
+def _definition() -> SagaDefinition:
     return SagaDefinition(
         name=SAGA_NAME,
         journal=journal,

@@ -50,12 +50,18 @@ class FaultInjector:
 
     Honoured only when ``SAGA_FAULT_INJECTION=1`` is set in Airflow's environment. ``after`` (for
     steps with several effects) places the fault after the k-th effect instead of before the first.
+    ``fail_compensation_of`` names a step whose compensation then fails for good in this run's
+    ``compensate`` task (not when the saga is re-driven later), to drill the FAILED path.
     """
 
     def __init__(self, spec: dict | None, enabled: bool) -> None:
         self.spec = spec if (enabled and spec) else None
         if self.spec and self.spec.get("mode") not in FAULT_MODES:
             raise PermanentError(f"fault_injection.mode must be one of {FAULT_MODES}")
+
+    def before_compensation(self, step: Step) -> None:
+        if self.spec and self.spec.get("fail_compensation_of") == step.name:
+            raise PermanentError(f"injected failure of the compensation of {step.name}")
 
     def _active(self, step: str, attempt: int) -> str | None:
         if not self.spec or self.spec.get("step") != step:
@@ -230,7 +236,12 @@ def complete_saga(definition: SagaDefinition, context: dict) -> None:
 
 
 def compensate_saga(
-    definition: SagaDefinition, saga_id: str, *, final_attempt: bool, reason: str
+    definition: SagaDefinition,
+    saga_id: str,
+    *,
+    final_attempt: bool,
+    reason: str,
+    fault: FaultInjector | None = None,
 ) -> list[str]:
     """Undo, in reverse order, every step that began. Returns the compensations that failed.
 
@@ -256,6 +267,8 @@ def compensate_saga(
             journal.compensation_state(saga_id, step.name, j.STEP_COMPENSATING)
             ctx = _context_for(definition, journal, saga, step, 1, {})
             try:
+                if fault:
+                    fault.before_compensation(step)
                 step.compensate(ctx, record.result or {})
             except Exception as exc:
                 err = classify(exc)
@@ -282,7 +295,12 @@ def compensate_task(definition: SagaDefinition, context: dict) -> None:
     _, _, saga_id = _ids(context)
     ti = context["ti"]
     final = ti.try_number > (ti.task.retries or 0)
-    failures = compensate_saga(definition, saga_id, final_attempt=final, reason="a forward step failed")
+    fault = FaultInjector(
+        dict(context["params"]).get("fault_injection"), definition.fault_injection_enabled()
+    )
+    failures = compensate_saga(
+        definition, saga_id, final_attempt=final, reason="a forward step failed", fault=fault
+    )
     if failures:
         raise AirflowException(f"{len(failures)} compensation(s) failed: {failures}")
 
