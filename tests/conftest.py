@@ -6,6 +6,7 @@ touch the stack that ``make run`` started. The environment is set before anythin
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -100,3 +101,25 @@ def run_dag_test(dag):
     run = dag.test()
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     return run, states
+
+
+# Real-scheduler tests: Airflow's api-server, scheduler, dag-processor and triggerer for the test
+# target, started once per session when a test first asks for them. DAGs start paused so that
+# scheduled DAGs do not run behind the other tests' backs; AirflowClient.trigger unpauses one.
+# Timeouts are short so the timeout paths finish in seconds (see DBT_PLATFORM_SAGA_TIMEOUTS).
+LIVE_SAGA_TIMEOUTS = {"saga": 75, "create_environments": 8}
+LIVE_ENV = {
+    "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+    "DBT_PLATFORM_SAGA_TIMEOUTS": json.dumps(LIVE_SAGA_TIMEOUTS),
+}
+
+
+@pytest.fixture(scope="session")
+def live_airflow() -> Iterator[devstack.AirflowClient]:
+    devstack.stop_airflow(STACK, TARGET)  # a leftover from an aborted session has other settings
+    devstack.start_airflow(STACK, TARGET, extra_env=LIVE_ENV)
+    try:
+        devstack.wait_healthy(STACK, TARGET)
+        yield devstack.client_for(STACK, TARGET)
+    finally:
+        devstack.stop_airflow(STACK, TARGET)

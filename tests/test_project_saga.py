@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,7 +21,8 @@ from include.dbt_platform.config import REPO_ROOT, get_settings
 from include.dbt_platform.saga import journal as j
 from include.dbt_platform.saga.engine import run_step
 from include.dbt_platform.saga.recovery import recover_sagas
-from tests.conftest import STACK, TARGET, query, warehouse_dsn
+from tests.conftest import STACK, TARGET, query
+from tests.saga_support import admin, inventory, journal, request, uniq
 
 STEPS = [s.name for s in project_saga.definition().steps]
 EFFECT_STEPS = STEPS[1:]  # validate_request has no side effect
@@ -35,76 +35,11 @@ def saga_dag():
     return bag.dags["dbt_project_create"]
 
 
-@contextmanager
-def admin(database: str = "postgres"):
-    conn = psycopg2.connect(warehouse_dsn(database))
-    conn.autocommit = True
-    try:
-        yield conn
-    finally:
-        conn.close()
-
-
-def inventory() -> dict:
-    settings = get_settings()
-    with admin() as conn:
-        databases = {r[0] for r in query(conn, "select datname from pg_database")}
-        roles = {r[0] for r in query(conn, "select rolname from pg_roles")}
-    schemas = {}
-    for db in sorted(d for d in databases if d.startswith("dbt_") or d == "shared_existing"):
-        with admin(db) as c:
-            schemas[db] = {r[0] for r in query(c, "select nspname from pg_namespace")}
-    with admin(TARGET.platform_db) as platform:
-        rows = query(platform, "select to_regclass('platform.projects') is not null")
-        projects = (
-            {r[0] for r in query(platform, "select project_name from platform.projects")}
-            if rows[0][0]
-            else set()
-        )
-    conns = json.loads((settings.state_dir / "secrets" / "connections.json").read_text() or "{}")
-    listing = lambda p: sorted(x.name for x in p.iterdir()) if p.exists() else []  # noqa: E731
-    return {
-        "databases": databases,
-        "roles": roles,
-        "schemas": schemas,
-        "projects": projects,
-        "connections": set(conns),
-        "repositories": listing(settings.repositories_dir),
-        "registered": listing(settings.registry_dir),
-    }
-
-
-def uniq(prefix: str) -> str:
-    """A name no earlier session used (journals and idempotency keys outlive a session)."""
-    return f"{prefix}_{uuid.uuid4().hex[:6]}"
-
-
-def request(name: str, **overrides) -> dict:
-    # Every field explicit: dag.test() reuses one DAG object, so a param left out keeps the value an
-    # earlier test's conf gave it (e.g. a fault_injection).
-    return {
-        "project_name": name,
-        "owner": "ana@example.com",
-        "description": "test project",
-        "environments": ["dev", "staging", "prod"],
-        "database_mode": "new",
-        "database_name": None,
-        "readers": [],
-        "idempotency_key": None,
-        "fault_injection": None,
-        **overrides,
-    }
-
-
 def run_saga(dag, conf: dict):
     run = dag.test(run_conf=conf)
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     saga_id = j.saga_id_for(dag.dag_id, run.run_id)
     return run, states, saga_id
-
-
-def journal() -> j.Journal:
-    return project_saga.journal()
 
 
 def stored_password(conn_id: str) -> str:

@@ -1,0 +1,79 @@
+"""What the saga tests share: an inventory of everything a saga can create, and request builders."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from contextlib import contextmanager
+
+import psycopg2
+
+from include.dbt_platform import project_saga
+from include.dbt_platform.config import get_settings
+from include.dbt_platform.saga import journal as j
+from tests.conftest import TARGET, query, warehouse_dsn
+
+
+@contextmanager
+def admin(database: str = "postgres"):
+    conn = psycopg2.connect(warehouse_dsn(database))
+    conn.autocommit = True
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def inventory() -> dict:
+    settings = get_settings()
+    with admin() as conn:
+        databases = {r[0] for r in query(conn, "select datname from pg_database")}
+        roles = {r[0] for r in query(conn, "select rolname from pg_roles")}
+    schemas = {}
+    for db in sorted(d for d in databases if d.startswith("dbt_") or d == "shared_existing"):
+        with admin(db) as c:
+            schemas[db] = {r[0] for r in query(c, "select nspname from pg_namespace")}
+    with admin(TARGET.platform_db) as platform:
+        rows = query(platform, "select to_regclass('platform.projects') is not null")
+        projects = (
+            {r[0] for r in query(platform, "select project_name from platform.projects")}
+            if rows[0][0]
+            else set()
+        )
+    conns = json.loads((settings.state_dir / "secrets" / "connections.json").read_text() or "{}")
+    listing = lambda p: sorted(x.name for x in p.iterdir()) if p.exists() else []  # noqa: E731
+    return {
+        "databases": databases,
+        "roles": roles,
+        "schemas": schemas,
+        "projects": projects,
+        "connections": set(conns),
+        "repositories": listing(settings.repositories_dir),
+        "registered": listing(settings.registry_dir),
+    }
+
+
+def uniq(prefix: str) -> str:
+    """A name no earlier session used (journals and idempotency keys outlive a session)."""
+    return f"{prefix}_{uuid.uuid4().hex[:6]}"
+
+
+def request(name: str, **overrides) -> dict:
+    # Every field explicit: dag.test() reuses one DAG object, so a param left out keeps the value an
+    # earlier test's conf gave it (e.g. a fault_injection).
+    return {
+        "project_name": name,
+        "owner": "ana@example.com",
+        "description": "test project",
+        "environments": ["dev", "staging", "prod"],
+        "database_mode": "new",
+        "database_name": None,
+        "readers": [],
+        "idempotency_key": None,
+        "fault_injection": None,
+        **overrides,
+    }
+
+
+def journal() -> j.Journal:
+    return project_saga.journal()

@@ -1,0 +1,164 @@
+"""dbt_project_create on a real scheduler: the paths ``dag.test()`` cannot take.
+
+A task process killed by SIGKILL, a step that hangs past its ``execution_timeout``, a run that hits
+``dagrun_timeout`` (only the DAG's failure callback fires) and a run marked failed by hand (no
+callback at all: the recovery DAG finishes it). Triggered through the REST API, like a portal would.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from include.dbt_platform import project_saga
+from include.dbt_platform.saga import journal as j
+from include.dbt_platform.saga.recovery import recover_sagas
+from tests.conftest import LIVE_SAGA_TIMEOUTS
+from tests.saga_support import inventory, journal, request, uniq
+
+DAG_ID = "dbt_project_create"
+
+
+@pytest.fixture(scope="module")
+def client(live_airflow):
+    live_airflow.wait_for_dag(DAG_ID)
+    live_airflow.wait_for_dag("saga_recovery")
+    return live_airflow
+
+
+def trigger(client, conf: dict) -> tuple[str, str]:
+    run_id = f"test__{uuid.uuid4().hex[:10]}"
+    status, body = client.trigger(DAG_ID, run_id, conf)
+    assert status == 200, body
+    return run_id, j.saga_id_for(DAG_ID, run_id)
+
+
+def wait_for_saga(saga_id: str, states: set[str], timeout: float = 180) -> j.SagaRecord:
+    deadline = time.monotonic() + timeout
+    saga = journal().get(saga_id)
+    while time.monotonic() < deadline:
+        saga = journal().get(saga_id)
+        if saga is not None and saga.state in states:
+            return saga
+        time.sleep(1)
+    raise AssertionError(f"saga {saga_id} is {saga.state if saga else 'missing'}, expected {states}")
+
+
+def wait_for_task_state(client, run_id: str, task_id: str, state: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.task_states(DAG_ID, run_id).get(task_id) == state:
+            return
+        time.sleep(1)
+    raise AssertionError(f"{task_id} never reached {state}: {client.task_states(DAG_ID, run_id)}")
+
+
+def test_rest_trigger_completes_and_a_reused_run_id_is_refused(client):
+    name = uniq("live_ok")
+    run_id, saga_id = trigger(client, request(name))
+    run = client.wait_for_run(DAG_ID, run_id, timeout=300)
+    assert run["state"] == "success", client.task_states(DAG_ID, run_id)
+    assert journal().get(saga_id).state == j.COMPLETED
+
+    status, _ = client.trigger(DAG_ID, run_id, request(uniq("live_again")))
+    assert status == 409
+    status, body = client.trigger(DAG_ID, f"bad__{uuid.uuid4().hex[:8]}", request("Bad Name"))
+    assert status == 400, body
+
+
+def test_killed_task_process_after_its_effect_is_compensated(client):
+    # SIGKILL right after CREATE DATABASE, before the result is recorded, on every attempt.
+    before = inventory()
+    fault = {"step": "provision_database", "mode": "crash_after_effect", "times": 9}
+    run_id, saga_id = trigger(client, request(uniq("live_kill"), fault_injection=fault))
+    run = client.wait_for_run(DAG_ID, run_id, timeout=300)
+
+    assert run["state"] == "failed"
+    assert journal().get(saga_id).state == j.COMPENSATED
+    step = journal().step(saga_id, "provision_database")
+    assert step.attempts == 4 and step.result is None, "the effect was never recorded as a result"
+    assert step.state == j.STEP_COMPENSATED
+    assert inventory() == before, "the database the killed process made was found by its marker"
+
+
+def test_killed_once_then_retried_completes_without_duplicates(client):
+    name = uniq("live_kill1")
+    fault = {"step": "create_credentials", "mode": "crash_after_effect", "times": 1}
+    run_id, saga_id = trigger(client, request(name, fault_injection=fault))
+    run = client.wait_for_run(DAG_ID, run_id, timeout=300)
+
+    assert run["state"] == "success", client.task_states(DAG_ID, run_id)
+    assert journal().step(saga_id, "create_credentials").attempts == 2
+    after = inventory()
+    # The killed attempt had created roles and stored connections; the retry reused them.
+    assert {c for c in after["connections"] if name in c} == {
+        f"dbt_{name}_dev",
+        f"dbt_{name}_staging",
+        f"dbt_{name}_prod",
+    }
+    assert {r for r in after["roles"] if r.startswith(f"{name}_") and r.endswith("_rw")} == {
+        f"{name}_dev_rw",
+        f"{name}_staging_rw",
+        f"{name}_prod_rw",
+    }
+
+
+def test_step_that_hangs_past_its_timeout_is_retried_then_compensated(client):
+    before = inventory()
+    fault = {"step": "create_environments", "mode": "timeout", "times": 9}
+    run_id, saga_id = trigger(client, request(uniq("live_hang"), fault_injection=fault))
+    run = client.wait_for_run(DAG_ID, run_id, timeout=300)
+
+    assert run["state"] == "failed"
+    states = client.task_states(DAG_ID, run_id)
+    assert states["create_environments"] == "failed"
+    assert states["compensate"] == "success"
+    saga = journal().get(saga_id)
+    assert saga.state == j.COMPENSATED
+    assert "timed out" in (journal().step(saga_id, "create_environments").error or "")
+    assert inventory() == before
+
+
+def test_whole_saga_timeout_is_compensated_by_the_failure_callback(client):
+    # setup_repository hangs for minutes; dagrun_timeout (75 s here) ends the run first. Airflow then
+    # marks unfinished tasks skipped, so compensate never runs: only the DAG's callback can undo.
+    before = inventory()
+    fault = {"step": "setup_repository", "mode": "timeout", "times": 9}
+    run_id, saga_id = trigger(client, request(uniq("live_slow"), fault_injection=fault))
+    run = client.wait_for_run(DAG_ID, run_id, timeout=LIVE_SAGA_TIMEOUTS["saga"] + 120)
+
+    assert run["state"] == "failed"
+    assert client.task_states(DAG_ID, run_id)["compensate"] in {"skipped", None}
+    saga = wait_for_saga(saga_id, {j.COMPENSATED, j.FAILED}, timeout=120)
+    assert saga.state == j.COMPENSATED
+    assert "run ended failed" in (saga.error or "")
+    assert inventory() == before
+
+
+def test_run_marked_failed_by_hand_is_compensated_by_the_recovery_dag(client):
+    before = inventory()
+    fault = {"step": "setup_repository", "mode": "timeout", "times": 9}
+    run_id, saga_id = trigger(client, request(uniq("live_mark"), fault_injection=fault))
+    wait_for_task_state(client, run_id, "setup_repository", "running")
+    status, body = client.request("PATCH", f"/dags/{DAG_ID}/dagRuns/{run_id}", {"state": "failed"})
+    assert status == 200, body
+    time.sleep(3)
+    assert journal().get(saga_id).state == j.EXECUTING, "marking a run failed fires no callback"
+
+    sweep = f"sweep__{uuid.uuid4().hex[:8]}"
+    status, body = client.trigger("saga_recovery", sweep, {"saga_id": None})
+    assert status == 200, body
+    assert client.wait_for_run("saga_recovery", sweep, timeout=180)["state"] == "success"
+    assert journal().get(saga_id).state == j.COMPENSATED
+    assert inventory() == before
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _clean_up_completed_projects():
+    yield
+    definition = project_saga.definition()
+    for saga in journal().find((j.COMPLETED,)):
+        journal().set_state(saga.saga_id, j.EXECUTING)
+        recover_sagas(definition, lambda d, r: "failed", saga_id=saga.saga_id)
