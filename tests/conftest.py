@@ -108,9 +108,14 @@ def run_dag_test(dag):
 # scheduled DAGs do not run behind the other tests' backs; AirflowClient.trigger unpauses one.
 # Timeouts are short so the timeout paths finish in seconds (see DBT_PLATFORM_SAGA_TIMEOUTS).
 LIVE_SAGA_TIMEOUTS = {"saga": 75, "create_environments": 8}
+LIVE_STATSD_PORT = TARGET.api_port + 25  # the metrics test listens here (UDP, loopback)
 LIVE_ENV = {
     "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
     "DBT_PLATFORM_SAGA_TIMEOUTS": json.dumps(LIVE_SAGA_TIMEOUTS),
+    "AIRFLOW__METRICS__STATSD_ON": "True",
+    "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
+    "AIRFLOW__METRICS__STATSD_PORT": str(LIVE_STATSD_PORT),
+    "AIRFLOW__METRICS__STATSD_PREFIX": "airflow",
 }
 
 

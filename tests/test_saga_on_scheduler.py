@@ -7,6 +7,8 @@ callback at all: the recovery DAG finishes it). Triggered through the REST API, 
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 import uuid
 
@@ -15,7 +17,7 @@ import pytest
 from include.dbt_platform import project_saga
 from include.dbt_platform.saga import journal as j
 from include.dbt_platform.saga.recovery import recover_sagas
-from tests.conftest import LIVE_SAGA_TIMEOUTS
+from tests.conftest import LIVE_SAGA_TIMEOUTS, LIVE_STATSD_PORT
 from tests.saga_support import inventory, journal, request, uniq
 
 DAG_ID = "dbt_project_create"
@@ -66,6 +68,44 @@ def test_rest_trigger_completes_and_a_reused_run_id_is_refused(client):
     assert status == 409
     status, body = client.trigger(DAG_ID, f"bad__{uuid.uuid4().hex[:8]}", request("Bad Name"))
     assert status == 400, body
+
+
+def test_step_and_saga_durations_and_outcomes_are_emitted_as_metrics(client):
+    # Airflow's StatsD client (configured in LIVE_ENV) sends to this loopback UDP port. The scheduler
+    # sends many metrics too, so a thread drains the socket while the saga runs.
+    received: list[str] = []
+    stop = threading.Event()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", LIVE_STATSD_PORT))
+        sock.settimeout(0.2)
+
+        def drain() -> None:
+            while not stop.is_set():
+                try:
+                    received.extend(sock.recv(65535).decode(errors="replace").splitlines())
+                except TimeoutError:
+                    continue
+
+        reader = threading.Thread(target=drain, daemon=True)
+        reader.start()
+        try:
+            fault = {"step": "notify_owner", "mode": "permanent"}
+            run_id, saga_id = trigger(client, request(uniq("live_metrics"), fault_injection=fault))
+            client.wait_for_run(DAG_ID, run_id, timeout=300)
+            wait_for_saga(saga_id, {j.COMPENSATED})
+            time.sleep(2)
+        finally:
+            stop.set()
+            reader.join()
+    names = {line.split(":")[0] for line in received}
+    prefix = "airflow.dbt_platform.saga.dbt_project_create"
+    assert f"{prefix}.step.provision_database.succeeded" in names
+    assert f"{prefix}.step.provision_database.duration" in names
+    assert f"{prefix}.step.notify_owner.failed" in names
+    assert f"{prefix}.compensated" in names
+    assert f"{prefix}.duration" in names
+    timing = next(m for m in received if m.startswith(f"{prefix}.step.provision_database.duration:"))
+    assert timing.endswith("|ms") and float(timing.split(":")[1].split("|")[0]) > 0
 
 
 def test_killed_task_process_after_its_effect_is_compensated(client):

@@ -21,6 +21,7 @@ from datetime import timedelta
 from typing import Any
 
 from include.dbt_platform.saga import journal as j
+from include.dbt_platform.saga import metrics
 from include.dbt_platform.saga.errors import PermanentError, TransientError, classify
 
 log = logging.getLogger(__name__)
@@ -206,16 +207,20 @@ def run_step(definition: SagaDefinition, step: Step, context: dict) -> None:
         journal.step_failed(
             saga_id, step.name, f"timed out after {step.timeout}", final=attempt > step.retry.retries
         )
+        metrics.step_finished(definition.name, step.name, "timeout", time.monotonic() - started)
         raise
     except Exception as exc:
         err = classify(exc)
         final = not err.retryable or attempt > step.retry.retries
         journal.step_failed(saga_id, step.name, f"{type(err).__name__}: {err}", final=final)
+        outcome = "failed" if final else "retry"
+        metrics.step_finished(definition.name, step.name, outcome, time.monotonic() - started)
         slog.error("step %s failed (%s, attempt %s): %s", step.name, type(err).__name__, attempt, err)
         if not err.retryable:
             raise AirflowFailException(f"{step.name}: {err}") from None
         raise AirflowException(f"{step.name}: {err} (attempt {attempt}, will retry)") from None
     journal.step_succeeded(saga_id, step.name, result)
+    metrics.step_finished(definition.name, step.name, "succeeded", time.monotonic() - started)
     slog.info("step %s succeeded in %.2fs", step.name, time.monotonic() - started)
 
 
@@ -233,6 +238,7 @@ def complete_saga(definition: SagaDefinition, context: dict) -> None:
     if definition.on_completed:
         definition.on_completed(saga_id, saga.request)
     journal.set_state(saga_id, j.COMPLETED, only_from=(j.EXECUTING,))
+    metrics.saga_finished(definition.name, j.COMPLETED, saga.created_at)
 
 
 def compensate_saga(
@@ -282,8 +288,10 @@ def compensate_saga(
                 slog.info("compensated %s", step.name)
         if not failures:
             journal.set_state(saga_id, j.COMPENSATED)
+            metrics.saga_finished(definition.name, j.COMPENSATED, saga.created_at)
         elif final_attempt:
             journal.set_state(saga_id, j.FAILED, "compensation failed: " + "; ".join(failures))
+            metrics.saga_finished(definition.name, j.FAILED, saga.created_at)
             if definition.on_alert:
                 definition.on_alert(journal.get(saga_id), failures)
         return failures
