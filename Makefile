@@ -27,6 +27,10 @@ stop: ## stop Airflow and PostgreSQL (data is kept under .local/)
 status:
 	$(PY) -m include.dbt_platform.devstack status
 
+bench: manifests ## dbt build vs the Cosmos DAG on the real scheduler (BENCH_ARGS="--models 500 --runs 1")
+	$(PY) -m include.dbt_platform.devstack pg-up
+	$(PY) bench/transformations_bench.py $(BENCH_ARGS)
+
 dsn: ## print the PostgreSQL administrator DSN
 	@$(PY) -m include.dbt_platform.devstack dsn
 

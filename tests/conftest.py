@@ -32,6 +32,9 @@ TEST_ENV = {
     **devstack.airflow_env(STACK, TARGET),
     "SAGA_FAULT_INJECTION": "1",
     "DBT_PLATFORM_SAGA_RETRY_DELAY_SECONDS": "1",
+    # dag.test() runs tasks one by one in this process: no triggerer, so the in-process tests use
+    # Cosmos LOCAL; the triggerer mode is tested on the real scheduler (LIVE_ENV below).
+    "DBT_PLATFORM_EXECUTION_MODE": "local",
 }
 os.environ.update(TEST_ENV)
 
@@ -111,6 +114,8 @@ LIVE_SAGA_TIMEOUTS = {"saga": 75, "create_environments": 8}
 LIVE_STATSD_PORT = TARGET.api_port + 25  # the metrics test listens here (UDP, loopback)
 LIVE_ENV = {
     "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+    "DBT_PLATFORM_SCHEDULE": "none",  # transformation DAGs of earlier sessions may be unpaused
+    "DBT_PLATFORM_EXECUTION_MODE": "triggerer",
     "DBT_PLATFORM_SAGA_TIMEOUTS": json.dumps(LIVE_SAGA_TIMEOUTS),
     "AIRFLOW__METRICS__STATSD_ON": "True",
     "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",

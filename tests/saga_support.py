@@ -27,7 +27,11 @@ def admin(database: str = "postgres"):
 def inventory() -> dict:
     settings = get_settings()
     with admin() as conn:
-        databases = {r[0] for r in query(conn, "select datname from pg_database")}
+        # Only the names a saga can create (dbt_<project>): other databases on this cluster (the
+        # benchmark's, the dev stack's) may come and go while the tests run.
+        databases = {
+            r[0] for r in query(conn, "select datname from pg_database where datname like 'dbt\\_%'")
+        }
         roles = {r[0] for r in query(conn, "select rolname from pg_roles")}
     schemas = {}
     for db in sorted(d for d in databases if d.startswith("dbt_") or d == "shared_existing"):

@@ -46,6 +46,7 @@ class Settings:
     warehouse_conn_id: str
     platform_conn_id: str
     execution_mode: str
+    watcher_poke_interval: float
     schedule: str | None
     dbt_threads: int
     fault_injection_enabled: bool
@@ -113,7 +114,8 @@ def get_settings() -> Settings:
         dbt_executable=_env("DBT_PLATFORM_DBT_EXECUTABLE", _default_dbt_executable()),
         warehouse_conn_id=_env("DBT_PLATFORM_WAREHOUSE_CONN_ID", "warehouse"),
         platform_conn_id=_env("DBT_PLATFORM_PLATFORM_CONN_ID", "platform"),
-        execution_mode=_env("DBT_PLATFORM_EXECUTION_MODE", "local").lower(),
+        execution_mode=_env("DBT_PLATFORM_EXECUTION_MODE", "triggerer").lower(),
+        watcher_poke_interval=float(_env("DBT_PLATFORM_WATCHER_POKE_INTERVAL", "0.5")),
         schedule=None if schedule.lower() in {"none", "manual"} else schedule,
         dbt_threads=int(_env("DBT_PLATFORM_DBT_THREADS", "4")),
         fault_injection_enabled=_env_bool("SAGA_FAULT_INJECTION", False),

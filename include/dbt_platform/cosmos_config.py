@@ -10,9 +10,21 @@ from include.dbt_platform.config import Settings
 from include.dbt_platform.projects import DbtProject
 
 EXECUTION_MODES = {
-    "local": ExecutionMode.LOCAL,
+    # One dbt build; every node's task starts and ends in the triggerer (see cosmos_triggerer).
+    "triggerer": ExecutionMode.WATCHER,
+    # Cosmos' WATCHER as shipped: one dbt build, consumers deferring from worker processes.
     "watcher": ExecutionMode.WATCHER,
+    # Cosmos' default: one dbt invocation per node, each in its own worker process.
+    "local": ExecutionMode.LOCAL,
 }
+
+
+def mode_of(project: DbtProject, settings: Settings) -> str:
+    mode = project.execution_mode or settings.execution_mode
+    if mode not in EXECUTION_MODES:
+        source = f"{project.path}/platform.yml" if project.execution_mode else "DBT_PLATFORM_EXECUTION_MODE"
+        raise ValueError(f"{source}: execution mode {mode!r}; expected one of {sorted(EXECUTION_MODES)}")
+    return mode
 
 
 def project_config(project: DbtProject) -> ProjectConfig:
@@ -37,15 +49,9 @@ def profile_config(project: DbtProject, settings: Settings) -> ProfileConfig:
     )
 
 
-def execution_config(settings: Settings) -> ExecutionConfig:
-    try:
-        mode = EXECUTION_MODES[settings.execution_mode]
-    except KeyError:
-        raise ValueError(
-            f"DBT_PLATFORM_EXECUTION_MODE={settings.execution_mode!r}; expected one of {sorted(EXECUTION_MODES)}"
-        ) from None
+def execution_config(project: DbtProject, settings: Settings) -> ExecutionConfig:
     return ExecutionConfig(
-        execution_mode=mode,
+        execution_mode=EXECUTION_MODES[mode_of(project, settings)],
         # dbt runs inside the task process: no extra interpreter start per task.
         invocation_mode=InvocationMode.DBT_RUNNER,
         dbt_executable_path=settings.dbt_executable,

@@ -15,6 +15,7 @@ from cosmos import DbtDag
 
 from include.dbt_platform import cosmos_config
 from include.dbt_platform.config import Settings, get_settings
+from include.dbt_platform.cosmos_triggerer import run_consumers_in_triggerer
 from include.dbt_platform.projects import DbtProject, DbtProjectError, discover
 
 log = logging.getLogger(__name__)
@@ -36,11 +37,12 @@ def dag_doc(project: DbtProject) -> str:
 
 def build_transformation_dag(project: DbtProject, settings: Settings | None = None) -> DbtDag:
     settings = settings or get_settings()
-    return DbtDag(
+    mode = cosmos_config.mode_of(project, settings)
+    dag = DbtDag(
         dag_id=project.name,
         project_config=cosmos_config.project_config(project),
         profile_config=cosmos_config.profile_config(project, settings),
-        execution_config=cosmos_config.execution_config(settings),
+        execution_config=cosmos_config.execution_config(project, settings),
         render_config=cosmos_config.render_config(),
         operator_args={"install_deps": False},
         schedule=project.schedule,
@@ -56,6 +58,9 @@ def build_transformation_dag(project: DbtProject, settings: Settings | None = No
             "retry_exponential_backoff": True,
         },
     )
+    if mode == "triggerer":
+        run_consumers_in_triggerer(dag, poke_interval=settings.watcher_poke_interval)
+    return dag
 
 
 def build_transformation_dags(settings: Settings | None = None) -> dict[str, DbtDag]:

@@ -1,7 +1,8 @@
 """Discover dbt projects: those shipped under ``dbt_projects/`` and those registered by the saga.
 
 A dbt project is a folder holding ``dbt_project.yml``. An optional ``platform.yml`` beside it says
-how the platform runs it (Airflow connection, target schema, schedule, owner, tags); without it the
+how the platform runs it (Airflow connection, target schema, schedule, owner, tags, Cosmos execution
+mode); without it the
 defaults from :mod:`include.dbt_platform.config` apply.
 """
 
@@ -35,6 +36,7 @@ class DbtProject:
     owner: str = "data-platform"
     tags: tuple[str, ...] = field(default_factory=tuple)
     description: str = ""
+    execution_mode: str | None = None  # None: the platform default (DBT_PLATFORM_EXECUTION_MODE)
 
     @property
     def manifest_path(self) -> Path:
@@ -71,6 +73,7 @@ def load_project(path: Path, settings: Settings | None = None) -> DbtProject:
         owner=str(platform.get("owner") or "data-platform"),
         tags=tuple(platform.get("tags") or ()),
         description=str(platform.get("description") or ""),
+        execution_mode=str(platform["execution_mode"]).lower() if platform.get("execution_mode") else None,
     )
 
 

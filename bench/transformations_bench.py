@@ -1,0 +1,325 @@
+"""`make bench`: a plain `dbt build` against the Cosmos transformation DAG, side by side, on the real scheduler.
+
+Generates an N-model project (``bench/generate_project.py``), then, for each measured run, runs
+``dbt build`` and the project's Airflow DAG one after the other on this machine and prints wall
+times, the ratio, task counts, task failures and peak memory. The fast mode (``triggerer``) runs
+``--runs`` times; the previous default (Cosmos LOCAL) and, on request, Cosmos' stock WATCHER run
+once each for comparison. Also measured: ``dbt parse`` and the time to render the DAG file beyond
+importing Airflow and Cosmos.
+
+Airflow runs on its own metadata database and port (``.local/bench/``), all on 127.0.0.1, and is
+stopped at the end. Nothing here asserts a time: it prints figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from bench.generate_project import generate  # noqa: E402
+from include.dbt_platform import devstack  # noqa: E402
+from include.dbt_platform.config import get_settings, get_stack_settings  # noqa: E402
+from include.dbt_platform.manifests import build_manifest  # noqa: E402
+
+FAILED_STATES = {"failed", "upstream_failed", "up_for_retry"}
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            tree.setdefault(ppid, []).append(int(entry))
+    return tree
+
+
+def tree_rss_mb(roots: list[int]) -> float:
+    """Resident memory of these processes and all their descendants, in MiB."""
+    tree, seen, stack, total = _children(), set(), list(roots), 0
+    while stack:
+        pid = stack.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        stack.extend(tree.get(pid, []))
+        try:
+            with open(f"/proc/{pid}/status") as fh:
+                for line in fh:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+class PeakMemory:
+    """Samples the resident memory of a process tree every 0.2 s while in use."""
+
+    def __init__(self, roots) -> None:
+        self.roots, self.peak, self._stop = roots, 0.0, threading.Event()
+
+    def __enter__(self) -> PeakMemory:
+        def sample() -> None:
+            while not self._stop.is_set():
+                self.peak = max(self.peak, tree_rss_mb(self.roots()))
+                time.sleep(0.2)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def write_profile(folder: Path, name: str, stack, database: str, schema: str, threads: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    profile = {
+        name: {
+            "target": "bench",
+            "outputs": {
+                "bench": {
+                    "type": "postgres",
+                    "host": "127.0.0.1",
+                    "port": stack.pg_port,
+                    "user": "postgres",
+                    "password": "{{ env_var('DBT_ENV_SECRET_BENCH_PASSWORD') }}",
+                    "dbname": database,
+                    "schema": schema,
+                    "threads": threads,
+                }
+            },
+        }
+    }
+    (folder / "profiles.yml").write_text(json.dumps(profile))
+    return folder
+
+
+def dbt_build(project: Path, profiles: Path, stack) -> tuple[float, float, bool]:
+    env = {
+        **os.environ,
+        "DBT_ENV_SECRET_BENCH_PASSWORD": devstack.pg_password(stack),
+        "DO_NOT_TRACK": "true",
+        "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+    }
+    cmd = [
+        get_settings().dbt_executable,
+        "build",
+        "--project-dir",
+        str(project),
+        "--profiles-dir",
+        str(profiles),
+    ]
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with PeakMemory(lambda: [proc.pid]) as mem:
+        out, _ = proc.communicate()
+    wall = time.monotonic() - started
+    if proc.returncode != 0:
+        print(out[-3000:])
+    return wall, mem.peak, proc.returncode == 0
+
+
+RENDER_SCRIPT = """
+import sys, time
+t0 = time.perf_counter()
+import airflow.sdk, cosmos  # noqa
+from include.dbt_platform import factory
+from include.dbt_platform.projects import load_project
+t1 = time.perf_counter()
+dag = factory.build_transformation_dag(load_project(sys.argv[1]))
+t2 = time.perf_counter()
+print(t1 - t0, t2 - t1, len(dag.tasks))
+"""
+
+
+def render_time(project: Path, env: dict) -> tuple[float, float, int]:
+    """Seconds to import Airflow + Cosmos + the factory, then to render the project's DAG."""
+    out = subprocess.run(
+        [sys.executable, "-c", RENDER_SCRIPT, str(project)],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    return float(out[-3]), float(out[-2]), int(out[-1])
+
+
+def _ts(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def dag_run(client, dag_id: str, stack, target) -> dict:
+    run_id = f"bench__{time.strftime('%Y%m%dT%H%M%S')}"
+    status, body = client.trigger(dag_id, run_id)
+    if status != 200:
+        raise SystemExit(f"triggering {dag_id}: HTTP {status} {body}")
+    pids = lambda: [p for c in devstack.AIRFLOW_COMPONENTS if (p := devstack.component_pid(stack, target, c))]  # noqa: E731
+    with PeakMemory(pids) as mem:
+        while True:
+            _, run = client.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
+            if run.get("state") in {"success", "failed"}:
+                break
+            time.sleep(0.5)
+    _, body = client.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=10000")
+    tis = body.get("task_instances", [])
+    failed = sorted(
+        t["task_id"] for t in tis if t["state"] in FAILED_STATES or (t.get("try_number") or 0) > 1
+    )
+    return {
+        "state": run["state"],
+        # queued_at: when the REST call created the run; end_date: when its last task ended.
+        "wall": (_ts(run["end_date"]) - _ts(run["queued_at"])).total_seconds(),
+        "tasks": len(tis),
+        "failed": failed,
+        "peak_mb": mem.peak,
+    }
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--models", type=int, default=100, help="models in the generated project (100, 500, 1000…)"
+    )
+    parser.add_argument("--runs", type=int, default=5, help="measured runs of the fast (triggerer) mode")
+    parser.add_argument(
+        "--compare",
+        default="local",
+        help="comma-separated modes run once each for comparison: local, watcher; '' for none",
+    )
+    parser.add_argument("--keep-running", action="store_true", help="leave the bench Airflow running")
+    args = parser.parse_args(argv)
+
+    stack = get_stack_settings()
+    settings = get_settings()
+    root = stack.local_dir / "bench"
+    target = devstack.AirflowTarget(
+        home=root / "airflow",
+        metadata_db="airflow_bench",
+        warehouse_db="bench_warehouse",
+        platform_db="platform_bench",
+        api_port=stack.airflow_port + 200,
+        state_dir=root / "state",
+    )
+    modes = ["triggerer"] + [m for m in args.compare.split(",") if m.strip()]
+    n = args.models
+    print(f"== generating a {n}-model project (views, a not_null test each, one 1,000-row seed)", flush=True)
+    projects_dir = root / "projects"
+    projects = {
+        mode: generate(projects_dir / f"bench_{mode}", n, f"bench_{mode}", f"bench_{mode}_{n}", mode)
+        for mode in modes
+    }
+    plain = generate(root / "plain" / "bench_plain", n, "bench_plain", f"bench_plain_{n}")
+    devstack.pg_up(stack, (target.metadata_db, target.warehouse_db, target.platform_db))
+    profiles = write_profile(
+        root / "profiles", "bench_plain", stack, target.warehouse_db, f"bench_plain_{n}", settings.dbt_threads
+    )
+
+    started = time.monotonic()
+    build_manifest(plain)
+    parse_s = time.monotonic() - started
+    for path in projects.values():
+        build_manifest(path)
+
+    env = {
+        **os.environ,
+        **devstack.airflow_env(stack, target),
+        "DBT_PLATFORM_PROJECTS_DIR": str(projects_dir),
+        "DBT_PLATFORM_REGISTRY_DIR": str(root / "registered"),
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+    }
+    import_s, render_s, task_count = render_time(projects["triggerer"], env)
+    print(
+        f"   dbt parse: {parse_s:.1f}s; DAG file: imports {import_s:.2f}s, then rendering "
+        f"{task_count} tasks {render_s:.2f}s",
+        flush=True,
+    )
+
+    print(f"== starting Airflow for the benchmark on 127.0.0.1:{target.api_port}", flush=True)
+    devstack.prepare_airflow_home(stack, target)
+    devstack.migrate_metadata_db(stack, target)
+    devstack.stop_airflow(stack, target)
+    devstack.start_airflow(
+        stack,
+        target,
+        extra_env={
+            k: env[k]
+            for k in (
+                "DBT_PLATFORM_PROJECTS_DIR",
+                "DBT_PLATFORM_REGISTRY_DIR",
+                "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION",
+            )
+        },
+    )
+    results: dict[str, list[dict]] = {m: [] for m in modes}
+    try:
+        devstack.wait_healthy(stack, target)
+        client = devstack.client_for(stack, target)
+        for mode in modes:
+            client.wait_for_dag(f"bench_{mode}", timeout=300)
+        time.sleep(5)  # let the processor finish its first pass before timing anything
+        for mode in modes:
+            for i in range(args.runs if mode == "triggerer" else 1):
+                build_wall, build_mb, ok = dbt_build(plain, profiles, stack)
+                if not ok:
+                    raise SystemExit("dbt build of the generated project failed")
+                run = dag_run(client, f"bench_{mode}", stack, target)
+                run.update(build=build_wall, build_mb=build_mb, ratio=run["wall"] / build_wall)
+                results[mode].append(run)
+                print(
+                    f"   {mode:<9} run {i + 1}: dbt build {build_wall:6.1f}s | DAG {run['state']:<7} "
+                    f"{run['wall']:7.1f}s ({run['ratio']:.2f}x) | {run['tasks']} tasks, "
+                    f"{len(run['failed'])} failed/retried {run['failed'][:5]} | peak RSS Airflow "
+                    f"{run['peak_mb']:.0f} MiB, dbt build {build_mb:.0f} MiB",
+                    flush=True,
+                )
+    finally:
+        if not args.keep_running:
+            devstack.stop_airflow(stack, target)
+
+    fast = results["triggerer"]
+    ratios = [r["ratio"] for r in fast]
+    spurious = sum(len(r["failed"]) for r in fast)
+    extra = " ".join(
+        f"{m}={statistics.median(r['wall'] for r in results[m]):.1f}s"
+        f"({statistics.median(r['ratio'] for r in results[m]):.2f}x)"
+        for m in modes[1:]
+    )
+    print(
+        f"SUMMARY models={n} dbt_build={statistics.median(r['build'] for r in fast):.1f}s "
+        f"cosmos_triggerer={statistics.median(r['wall'] for r in fast):.1f}s "
+        f"ratio={statistics.median(ratios):.2f}x (max {max(ratios):.2f}x) "
+        f"spurious_failures={spurious} in {len(fast)} runs "
+        f"dbt_parse={parse_s:.1f}s dag_render={render_s:.2f}s {extra}".rstrip()
+    )
+    return 0 if all(r["state"] == "success" for rs in results.values() for r in rs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

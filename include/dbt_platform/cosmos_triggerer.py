@@ -1,0 +1,353 @@
+"""Cosmos WATCHER consumers that live in the triggerer: no worker process per dbt node.
+
+Cosmos' WATCHER mode runs one ``dbt build`` (the producer task) and gives every dbt node a consumer
+task that reports the node's result from the producer's XComs. Each consumer still starts a worker
+process twice (to defer, then to resume), so a 100-model project starts ~400 Python processes that
+import Airflow and Cosmos and re-parse the DAG; on a small machine they starve the producer's own
+``dbt build`` of CPU, and a deferred task's "process exited" event can race its trigger.
+
+Here:
+
+- every consumer *starts* in the triggerer (Airflow's ``start_from_trigger``) and *ends* there
+  (``TaskSuccessEvent`` / ``TaskFailedEvent`` / ``TaskSkippedEvent``): on a first try no worker
+  process is started for it. The task keeps its place in the graph, its state, its log (the
+  node's dbt result line) and its retry.
+- consumers are released at once (trigger rule ``always``, as Cosmos already does for root nodes):
+  the triggerer's loop costs about three seconds per hop, so waiting for upstream consumers would
+  add three seconds per level of the dbt graph. dbt itself enforces the order; a node downstream of
+  a failure is reported failed ("skipped because an upstream node failed"), so the run fails.
+- the producer also publishes every node's status in one aggregated XCom (at most twice a second),
+  and one poller per DAG run in the triggerer reads it for all that run's consumers: two API calls
+  per half second instead of one per consumer.
+- a retried or cleared consumer (try 2+) waits for the producer and for its upstream tasks, then
+  resumes on a worker and runs dbt for its node alone — Cosmos' own fallback (``execute_complete``).
+
+Wire it with :func:`run_consumers_in_triggerer` on a DAG rendered in ``ExecutionMode.WATCHER``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.triggers.base import (
+    StartTriggerArgs,
+    TaskFailedEvent,
+    TaskSkippedEvent,
+    TaskSuccessEvent,
+    TriggerEvent,
+)
+from cosmos.listeners.dag_run_listener import EventStatus
+from cosmos.operators._watcher.aggregation import get_tests_status_xcom_key
+from cosmos.operators._watcher.base import BaseConsumerSensor
+from cosmos.operators._watcher.state import (
+    PRODUCER_FINAL_STATES,
+    ProducerTaskState,
+    get_dbt_event_xcom_key,
+    get_status_xcom_key,
+    is_dbt_node_status_failed,
+    is_dbt_node_status_skipped,
+    is_dbt_node_status_success,
+    xcom_set_lock,
+)
+from cosmos.operators._watcher.triggerer import WatcherEventReason, WatcherTrigger
+from cosmos.operators.watcher import DbtProducerWatcherOperator
+
+TRIGGER_CLASSPATH = f"{__name__}.TaskEndingWatcherTrigger"
+AGGREGATE_XCOM_KEY = "dbt_platform_node_results"
+UNFINISHED_TASK_STATES = {None, "none", "scheduled", "queued", "running", "deferred", "up_for_retry",
+                          "up_for_reschedule", "restarting"}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------- producer
+
+
+class _RecordingTaskInstance:
+    """Stands in for the producer's task instance inside Cosmos' log parser.
+
+    Cosmos pushes three XComs per dbt node (status, result line, compiled SQL), each an API round
+    trip made while holding a lock, from dbt's own threads: measured here, that doubled the time of
+    the producer's ``dbt build``. Node statuses and result lines are kept in memory instead, and a
+    flusher thread publishes them as one XCom (``AGGREGATE_XCOM_KEY``) at most twice a second; the
+    compiled SQL is not pushed (a task re-run on a worker compiles its own). Other XComs go through.
+    """
+
+    def __init__(self, ti: Any, interval: float = 0.5) -> None:
+        self._ti, self._interval = ti, interval
+        self._results: dict[str, Any] = {}
+        self._dirty = False
+        self._stop = threading.Event()
+        self._flusher = threading.Thread(target=self._flush_periodically, daemon=True)
+        self._flusher.start()
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_cosmos_xcom_backup"):
+            # Cosmos' "reliable retry" rewrites its whole XCom backup to a Variable on every push
+            # (1,408 writes in one 100-model run here). It only serves a retried producer, and this
+            # mode runs the producer once (retries=0): a failed build fails the run.
+            return None
+        return getattr(self._ti, name)
+
+    def xcom_push(self, key: str, value: Any, **kwargs: Any) -> None:
+        if key.endswith("_compiled_sql"):
+            return
+        if key.endswith("_dbt_event"):
+            value = {"msg": value.get("msg")} if isinstance(value, dict) else value
+        elif not key.endswith("_status"):
+            self._ti.xcom_push(key=key, value=value, **kwargs)
+            return
+        self._results[key] = value  # Cosmos' parser holds xcom_set_lock here
+        self._dirty = True
+
+    def flush(self) -> None:
+        with xcom_set_lock:
+            if not self._dirty:
+                return
+            snapshot, self._dirty = dict(self._results), False
+            self._ti.xcom_push(key=AGGREGATE_XCOM_KEY, value=snapshot)
+
+    def _flush_periodically(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.flush()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._flusher.join()
+        self.flush()
+
+
+class AggregatingProducerOperator(DbtProducerWatcherOperator):
+    """Cosmos' watcher producer, also publishing every node's result in one aggregated XCom."""
+
+    def run_dbt_runner(self, command: list[str], env: dict[str, str], cwd: str, **kwargs: Any) -> Any:
+        context = kwargs.get("context")
+        if context is None or context.get("_check_source_freshness"):
+            return super().run_dbt_runner(command, env, cwd, **kwargs)
+        recorder = _RecordingTaskInstance(context["ti"])
+        kwargs["context"] = {**context, "ti": recorder, "task_instance": recorder}
+        try:
+            return super().run_dbt_runner(command, env, cwd, **kwargs)
+        finally:
+            recorder.close()
+
+
+# ------------------------------------------------------------------------------------- triggerer
+
+
+class _RunWatch:
+    """One poller per DAG run in this triggerer process, shared by all that run's consumer triggers."""
+
+    watches: dict[tuple[str, str, str], _RunWatch] = {}
+
+    def __init__(self) -> None:
+        self.results: dict[str, Any] = {}
+        self.producer_state: str | None = None
+        self.changed = asyncio.Condition()
+        self.users = 0
+        self.task: asyncio.Task | None = None
+
+    @classmethod
+    def acquire(cls, trigger: TaskEndingWatcherTrigger) -> _RunWatch:
+        key = (trigger.dag_id, trigger.run_id, trigger.producer_task_id)
+        watch = cls.watches.get(key)
+        if watch is None:
+            watch = cls.watches[key] = _RunWatch()
+        watch.users += 1
+        if watch.task is None or watch.task.done():
+            watch.task = asyncio.get_running_loop().create_task(watch._poll(trigger, key))
+        return watch
+
+    def release(self) -> None:
+        self.users -= 1
+
+    async def _poll(self, trigger: TaskEndingWatcherTrigger, key) -> None:
+        try:
+            while self.users > 0:
+                state = await trigger._get_producer_task_status()
+                # Read the results after the state: a final state then comes with final results.
+                results = await trigger.get_xcom_val(AGGREGATE_XCOM_KEY)
+                async with self.changed:
+                    self.producer_state = state
+                    self.results = results or {}
+                    self.changed.notify_all()
+                await asyncio.sleep(trigger.poke_interval)
+        finally:
+            if self.users <= 0:
+                self.watches.pop(key, None)
+
+    async def wait(self) -> None:
+        async with self.changed:
+            await self.changed.wait()
+
+
+class TaskEndingWatcherTrigger(WatcherTrigger):
+    """Reports one dbt node's result from the producer and ends the task in the triggerer.
+
+    The run id comes from the task instance the triggerer hands to a ``start_from_trigger`` task,
+    so the kwargs are static (fixed when the DAG is serialised).
+    """
+
+    def __init__(
+        self,
+        model_unique_id: str,
+        producer_task_id: str,
+        dag_id: str,
+        run_id: str | None = None,
+        map_index: int | None = -1,
+        poke_interval: float = 0.5,
+        is_test_sensor: bool = False,
+        upstream_task_ids: list[str] | None = None,
+    ) -> None:
+        super().__init__(
+            model_unique_id=model_unique_id,
+            producer_task_id=producer_task_id,
+            dag_id=dag_id,
+            run_id=run_id or "",
+            map_index=map_index,
+            poke_interval=poke_interval,
+            is_test_sensor=is_test_sensor,
+        )
+        self.upstream_task_ids = list(upstream_task_ids or [])
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            TRIGGER_CLASSPATH,
+            {
+                "model_unique_id": self.model_unique_id,
+                "producer_task_id": self.producer_task_id,
+                "dag_id": self.dag_id,
+                "run_id": self.run_id or None,
+                "map_index": self.map_index,
+                "poke_interval": self.poke_interval,
+                "is_test_sensor": self.is_test_sensor,
+                "upstream_task_ids": self.upstream_task_ids,
+            },
+        )
+
+    @property
+    def _status_key(self) -> str:
+        if self.is_test_sensor:
+            return get_tests_status_xcom_key(self.model_unique_id)
+        return get_status_xcom_key(self.model_unique_id)
+
+    def _status_from(self, results: dict[str, Any]) -> str | None:
+        value = results.get(self._status_key)
+        return value.get("status") if isinstance(value, dict) else value
+
+    def _log_result_line(self, results: dict[str, Any]) -> None:
+        event = results.get(get_dbt_event_xcom_key(self.model_unique_id))
+        if isinstance(event, dict) and event.get("msg"):
+            self.log.info("dbt: %s", event["msg"])
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        ti = self.task_instance
+        try_number = 1
+        if ti is not None:
+            self.run_id = self.run_id or ti.run_id
+            self.map_index = ti.map_index
+            try_number = ti.try_number or 1
+        if try_number > 1:
+            async for event in self._rerun_on_worker():
+                yield event
+            return
+        watch = _RunWatch.acquire(self)
+        started = time.monotonic()
+        try:
+            while True:
+                status = self._status_from(watch.results)
+                producer = watch.producer_state
+                if status is not None or producer in PRODUCER_FINAL_STATES:
+                    break
+                await watch.wait()
+        finally:
+            watch.release()
+        self._log_result_line(watch.results)
+        what = f"{'tests of ' if self.is_test_sensor else ''}{self.model_unique_id}"
+        if is_dbt_node_status_success(status):
+            self.log.info("dbt %s: %s (reported after %.1fs)", what, status, time.monotonic() - started)
+            yield TaskSuccessEvent()
+        elif is_dbt_node_status_skipped(status):
+            self.log.info("dbt %s was skipped by dbt", what)
+            yield TaskSkippedEvent()
+        elif is_dbt_node_status_failed(status):
+            self.log.error(
+                "dbt %s: %s. The task '%s' has dbt's full output.", what, status, self.producer_task_id
+            )
+            yield TaskFailedEvent()
+        elif producer == ProducerTaskState.SUCCESS:
+            self.log.info("dbt %s was not part of this build (ephemeral or empty): nothing to do", what)
+            yield TaskSuccessEvent()
+        elif producer == ProducerTaskState.SKIPPED:
+            # The producer skipped itself (a re-run of the whole DAG run): run this node on a worker.
+            yield TriggerEvent({"status": EventStatus.FAILED, "reason": WatcherEventReason.PRODUCER_SKIPPED})
+        else:
+            self.log.error(
+                "dbt %s: the build in '%s' ended %s before reporting it; see that task's log.",
+                what,
+                self.producer_task_id,
+                producer,
+            )
+            yield TaskFailedEvent()
+
+    async def _rerun_on_worker(self) -> AsyncIterator[TriggerEvent]:
+        """A retry or a cleared task: once nothing upstream is unfinished, run dbt for this node."""
+        from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+        from asgiref.sync import sync_to_async
+
+        watched = [self.producer_task_id, *self.upstream_task_ids]
+        while True:
+            found = await sync_to_async(RuntimeTaskInstance.get_task_states)(
+                dag_id=self.dag_id, task_ids=watched, run_ids=[self.run_id]
+            )
+            states = {t: (str(s) if s is not None else None) for t, s in found.get(self.run_id, {}).items()}
+            if not any(states.get(t) in UNFINISHED_TASK_STATES for t in watched):
+                break
+            await asyncio.sleep(max(self.poke_interval, 1.0))
+        failed = [t for t in self.upstream_task_ids if states.get(t) in {"failed", "upstream_failed"}]
+        if failed:
+            self.log.error(
+                "Not re-running %s: upstream task(s) %s failed; re-run them first.",
+                self.model_unique_id,
+                failed,
+            )
+            yield TaskFailedEvent()
+            return
+        self.log.info("Re-running dbt for %s on a worker", self.model_unique_id)
+        yield TriggerEvent({"status": EventStatus.FAILED, "reason": WatcherEventReason.PRODUCER_SKIPPED})
+
+
+def run_consumers_in_triggerer(dag, poke_interval: float = 0.5) -> int:
+    """Make every Cosmos watcher consumer of ``dag`` start and end in the triggerer. Returns how many."""
+    from airflow.sdk import TriggerRule
+
+    count = 0
+    for task in dag.tasks:
+        if isinstance(task, DbtProducerWatcherOperator):
+            # Cosmos has no hook to choose the producer's class: specialise the one it built.
+            task.__class__ = AggregatingProducerOperator
+            task.retries = 0  # a second build would be skipped by Cosmos anyway; the run just fails
+            continue
+        if not isinstance(task, BaseConsumerSensor) or not task.model_unique_id:
+            continue
+        task.trigger_rule = TriggerRule.ALWAYS
+        task.retries = 0  # the producer already ran it; clear the task to run this node again
+        task.start_from_trigger = True
+        task.start_trigger_args = StartTriggerArgs(
+            trigger_cls=TRIGGER_CLASSPATH,
+            trigger_kwargs={
+                "model_unique_id": task.model_unique_id,
+                "producer_task_id": task.producer_task_id,
+                "dag_id": dag.dag_id,
+                "poke_interval": poke_interval,
+                "is_test_sensor": task.is_test_sensor,
+                "upstream_task_ids": sorted(set(task.upstream_task_ids) - {task.producer_task_id}),
+            },
+            next_method="execute_complete",
+            next_kwargs=None,
+            timeout=None,
+        )
+        count += 1
+    return count
