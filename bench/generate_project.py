@@ -19,9 +19,7 @@ LAYERS = 10
 
 def model_sql(i: int, width: int) -> str:
     if i < width:
-        return (
-            f"select id, category, amount * {i + 1} as amount\nfrom {{{{ ref('bench_seed') }}}}\n"
-        )
+        return f"select id, category, amount * {i + 1} as amount\nfrom {{{{ ref('bench_seed') }}}}\n"
     first = f"m_{i - width:04d}"
     if i % 3 == 0 and i - width - 1 >= 0:
         second = f"m_{i - width - 1:04d}"

@@ -51,8 +51,12 @@ def _children() -> dict[int, list[int]]:
     return tree
 
 
-def tree_rss_mb(roots: list[int]) -> float:
-    """Resident memory of these processes and all their descendants, in MiB."""
+def tree_pss_mb(roots: list[int]) -> float:
+    """Proportional set size of these processes and all their descendants, in MiB.
+
+    PSS splits pages shared between processes (forked workers share most of theirs) among them, so
+    the sum is the memory the tree really holds; summing RSS would count shared pages many times.
+    """
     tree, seen, stack, total = _children(), set(), list(roots), 0
     while stack:
         pid = stack.pop()
@@ -61,9 +65,9 @@ def tree_rss_mb(roots: list[int]) -> float:
         seen.add(pid)
         stack.extend(tree.get(pid, []))
         try:
-            with open(f"/proc/{pid}/status") as fh:
+            with open(f"/proc/{pid}/smaps_rollup") as fh:
                 for line in fh:
-                    if line.startswith("VmRSS:"):
+                    if line.startswith("Pss:"):
                         total += int(line.split()[1])
         except OSError:
             pass
@@ -71,7 +75,7 @@ def tree_rss_mb(roots: list[int]) -> float:
 
 
 class PeakMemory:
-    """Samples the resident memory of a process tree every 0.2 s while in use."""
+    """Samples the memory (PSS) of a process tree every 0.5 s while in use."""
 
     def __init__(self, roots) -> None:
         self.roots, self.peak, self._stop = roots, 0.0, threading.Event()
@@ -79,8 +83,8 @@ class PeakMemory:
     def __enter__(self) -> PeakMemory:
         def sample() -> None:
             while not self._stop.is_set():
-                self.peak = max(self.peak, tree_rss_mb(self.roots()))
-                time.sleep(0.2)
+                self.peak = max(self.peak, tree_pss_mb(self.roots()))
+                time.sleep(0.5)
 
         self._thread = threading.Thread(target=sample, daemon=True)
         self._thread.start()
@@ -137,8 +141,9 @@ def dbt_build(project: Path, profiles: Path, stack) -> tuple[float, float, bool]
     with PeakMemory(lambda: [proc.pid]) as mem:
         out, _ = proc.communicate()
     wall = time.monotonic() - started
+    (project.parent / "dbt_build.log").write_text(out)
     if proc.returncode != 0:
-        print(out[-3000:])
+        print(f"dbt build failed (exit {proc.returncode}); its output: {project.parent / 'dbt_build.log'}")
     return wall, mem.peak, proc.returncode == 0
 
 
@@ -168,6 +173,23 @@ def render_time(project: Path, env: dict) -> tuple[float, float, int]:
     return float(out[-3]), float(out[-2]), int(out[-1])
 
 
+def drop_schemas(stack, database: str, schemas: list[str]) -> None:
+    """Every measured run starts from an empty schema.
+
+    Re-running dbt over existing views that depend on each other can deadlock in PostgreSQL
+    (dbt-postgres renames and drops the old view with CASCADE from several threads); measured runs
+    should not depend on what the previous one left.
+    """
+    import psycopg2
+
+    conn = psycopg2.connect(devstack.admin_dsn(stack, database))
+    conn.autocommit = True
+    with conn, conn.cursor() as cur:
+        for schema in schemas:
+            cur.execute(f'drop schema if exists "{schema}" cascade')
+    conn.close()
+
+
 def _ts(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
@@ -184,8 +206,15 @@ def dag_run(client, dag_id: str, stack, target) -> dict:
             if run.get("state") in {"success", "failed"}:
                 break
             time.sleep(0.5)
-    _, body = client.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=10000")
-    tis = body.get("task_instances", [])
+    tis: list[dict] = []
+    while True:  # the API returns at most [api] maximum_page_limit (100) rows per page
+        _, body = client.request(
+            "GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=100&offset={len(tis)}"
+        )
+        page = body.get("task_instances", [])
+        tis += page
+        if not page or len(tis) >= body.get("total_entries", 0):
+            break
     failed = sorted(
         t["task_id"] for t in tis if t["state"] in FAILED_STATES or (t.get("try_number") or 0) > 1
     )
@@ -286,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(5)  # let the processor finish its first pass before timing anything
         for mode in modes:
             for i in range(args.runs if mode == "triggerer" else 1):
+                drop_schemas(stack, target.warehouse_db, [f"bench_plain_{n}", f"bench_{mode}_{n}"])
                 build_wall, build_mb, ok = dbt_build(plain, profiles, stack)
                 if not ok:
                     raise SystemExit("dbt build of the generated project failed")
@@ -295,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"   {mode:<9} run {i + 1}: dbt build {build_wall:6.1f}s | DAG {run['state']:<7} "
                     f"{run['wall']:7.1f}s ({run['ratio']:.2f}x) | {run['tasks']} tasks, "
-                    f"{len(run['failed'])} failed/retried {run['failed'][:5]} | peak RSS Airflow "
+                    f"{len(run['failed'])} failed/retried {run['failed'][:5]} | peak memory (PSS) Airflow "
                     f"{run['peak_mb']:.0f} MiB, dbt build {build_mb:.0f} MiB",
                     flush=True,
                 )

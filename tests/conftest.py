@@ -59,6 +59,16 @@ def warehouse_dsn(database: str | None = None) -> str:
     return devstack.admin_dsn(STACK, database or TARGET.warehouse_db)
 
 
+@pytest.fixture(scope="module")
+def warehouse_module() -> Iterator[psycopg2.extensions.connection]:
+    conn = psycopg2.connect(warehouse_dsn())
+    conn.autocommit = True
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
 @pytest.fixture
 def warehouse() -> Iterator[psycopg2.extensions.connection]:
     conn = psycopg2.connect(warehouse_dsn())
@@ -111,11 +121,13 @@ def run_dag_test(dag):
 # scheduled DAGs do not run behind the other tests' backs; AirflowClient.trigger unpauses one.
 # Timeouts are short so the timeout paths finish in seconds (see DBT_PLATFORM_SAGA_TIMEOUTS).
 LIVE_SAGA_TIMEOUTS = {"saga": 75, "create_environments": 8}
+LIVE_PROJECTS_DIR = TEST_ROOT / "live_projects"  # what the live scheduler's DAG factory reads
 LIVE_STATSD_PORT = TARGET.api_port + 25  # the metrics test listens here (UDP, loopback)
 LIVE_ENV = {
     "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
     "DBT_PLATFORM_SCHEDULE": "none",  # transformation DAGs of earlier sessions may be unpaused
     "DBT_PLATFORM_EXECUTION_MODE": "triggerer",
+    "DBT_PLATFORM_PROJECTS_DIR": str(LIVE_PROJECTS_DIR),
     "DBT_PLATFORM_SAGA_TIMEOUTS": json.dumps(LIVE_SAGA_TIMEOUTS),
     "AIRFLOW__METRICS__STATSD_ON": "True",
     "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
@@ -127,6 +139,13 @@ LIVE_ENV = {
 @pytest.fixture(scope="session")
 def live_airflow() -> Iterator[devstack.AirflowClient]:
     devstack.stop_airflow(STACK, TARGET)  # a leftover from an aborted session has other settings
+    shutil.rmtree(LIVE_PROJECTS_DIR, ignore_errors=True)
+    LIVE_PROJECTS_DIR.mkdir(parents=True)
+    shipped = REPO_ROOT / "dbt_projects" / "inventory_transforms"
+    shutil.copytree(
+        shipped, LIVE_PROJECTS_DIR / shipped.name, ignore=shutil.ignore_patterns("target", "logs")
+    )
+    build_manifest(LIVE_PROJECTS_DIR / shipped.name)
     devstack.start_airflow(STACK, TARGET, extra_env=LIVE_ENV)
     try:
         devstack.wait_healthy(STACK, TARGET)

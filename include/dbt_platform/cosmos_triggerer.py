@@ -21,6 +21,9 @@ Here:
   per half second instead of one per consumer.
 - a retried or cleared consumer (try 2+) waits for the producer and for its upstream tasks, then
   resumes on a worker and runs dbt for its node alone — Cosmos' own fallback (``execute_complete``).
+  So a model that failed is retried once its upstream is fine (``retries`` of the DAG's default
+  args), and the nodes downstream of it are retried after it. A node the build never reached
+  (the build failed early) is not re-run node by node: the run fails and is triggered again.
 
 Wire it with :func:`run_consumers_in_triggerer` on a DAG rendered in ``ExecutionMode.WATCHER``.
 """
@@ -306,6 +309,20 @@ class TaskEndingWatcherTrigger(WatcherTrigger):
             if not any(states.get(t) in UNFINISHED_TASK_STATES for t in watched):
                 break
             await asyncio.sleep(max(self.poke_interval, 1.0))
+        if states.get(self.producer_task_id) == ProducerTaskState.FAILED:
+            results = await self.get_xcom_val(AGGREGATE_XCOM_KEY) or {}
+            if self._status_from(results) is None:
+                # dbt never reached this node (the build failed early, e.g. the database was down):
+                # re-running every node alone would start one worker per node. Re-run the DAG instead.
+                self.log.error(
+                    "Not re-running %s: the build in '%s' failed before reaching it. Fix the cause and "
+                    "trigger the DAG again (or clear '%s' with its downstream tasks).",
+                    self.model_unique_id,
+                    self.producer_task_id,
+                    self.producer_task_id,
+                )
+                yield TaskFailedEvent()
+                return
         failed = [t for t in self.upstream_task_ids if states.get(t) in {"failed", "upstream_failed"}]
         if failed:
             self.log.error(
@@ -333,7 +350,6 @@ def run_consumers_in_triggerer(dag, poke_interval: float = 0.5) -> int:
         if not isinstance(task, BaseConsumerSensor) or not task.model_unique_id:
             continue
         task.trigger_rule = TriggerRule.ALWAYS
-        task.retries = 0  # the producer already ran it; clear the task to run this node again
         task.start_from_trigger = True
         task.start_trigger_args = StartTriggerArgs(
             trigger_cls=TRIGGER_CLASSPATH,

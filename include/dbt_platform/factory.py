@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from cosmos import DbtDag
 
 from include.dbt_platform import cosmos_config
+from include.dbt_platform.assets import model_asset
 from include.dbt_platform.config import Settings, get_settings
 from include.dbt_platform.cosmos_triggerer import run_consumers_in_triggerer
 from include.dbt_platform.projects import DbtProject, DbtProjectError, discover
@@ -60,7 +61,31 @@ def build_transformation_dag(project: DbtProject, settings: Settings | None = No
     )
     if mode == "triggerer":
         run_consumers_in_triggerer(dag, poke_interval=settings.watcher_poke_interval)
+    declare_model_assets(dag, project)
     return dag
+
+
+def declare_model_assets(dag: DbtDag, project: DbtProject) -> None:
+    """Give every model a stable asset (:func:`assets.model_asset`), emitted when it is refreshed.
+
+    LOCAL: each model's run task carries its model's asset. Triggerer mode: node tasks end in the
+    triggerer, where Airflow emits no asset events, so the producer (the one ``dbt build``) carries
+    them all and emits them when the build succeeds.
+    """
+    from cosmos.operators.watcher import DbtProducerWatcherOperator
+
+    models = {}
+    for task in dag.tasks:
+        node = (getattr(task, "extra_context", None) or {}).get("dbt_node_config") or {}
+        if node.get("resource_type") == "model" and task.task_id.endswith(".run"):
+            models[node["unique_id"]] = task
+    outlets = {uid: model_asset(project.name, uid.split(".")[-1]) for uid in models}
+    producers = [t for t in dag.tasks if isinstance(t, DbtProducerWatcherOperator)]
+    if producers:
+        producers[0].outlets = [*producers[0].outlets, *outlets.values()]
+    else:
+        for uid, task in models.items():
+            task.outlets = [*task.outlets, outlets[uid]]
 
 
 def build_transformation_dags(settings: Settings | None = None) -> dict[str, DbtDag]:
