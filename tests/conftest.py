@@ -136,9 +136,25 @@ LIVE_ENV = {
 }
 
 
+# Its own metadata database: a scheduler sharing airflow_test would pick up the runs dag.test()
+# creates there and execute their tasks itself, with this environment.
+LIVE_TARGET = devstack.AirflowTarget(
+    home=TEST_ROOT / "live_airflow",
+    metadata_db="airflow_live_test",
+    warehouse_db=TARGET.warehouse_db,
+    platform_db=TARGET.platform_db,
+    api_port=TARGET.api_port,
+    state_dir=TARGET.state_dir,
+)
+
+
 @pytest.fixture(scope="session")
 def live_airflow() -> Iterator[devstack.AirflowClient]:
-    devstack.stop_airflow(STACK, TARGET)  # a leftover from an aborted session has other settings
+    devstack.stop_airflow(STACK, LIVE_TARGET)  # a leftover from an aborted session has other settings
+    devstack.stop_airflow(STACK, TARGET)  # (earlier sessions ran the live components on TARGET)
+    devstack.pg_up(STACK, (LIVE_TARGET.metadata_db,))
+    devstack.prepare_airflow_home(STACK, LIVE_TARGET)
+    devstack.migrate_metadata_db(STACK, LIVE_TARGET)
     shutil.rmtree(LIVE_PROJECTS_DIR, ignore_errors=True)
     LIVE_PROJECTS_DIR.mkdir(parents=True)
     shipped = REPO_ROOT / "dbt_projects" / "inventory_transforms"
@@ -146,9 +162,9 @@ def live_airflow() -> Iterator[devstack.AirflowClient]:
         shipped, LIVE_PROJECTS_DIR / shipped.name, ignore=shutil.ignore_patterns("target", "logs")
     )
     build_manifest(LIVE_PROJECTS_DIR / shipped.name)
-    devstack.start_airflow(STACK, TARGET, extra_env=LIVE_ENV)
+    devstack.start_airflow(STACK, LIVE_TARGET, extra_env=LIVE_ENV)
     try:
-        devstack.wait_healthy(STACK, TARGET)
-        yield devstack.client_for(STACK, TARGET)
+        devstack.wait_healthy(STACK, LIVE_TARGET)
+        yield devstack.client_for(STACK, LIVE_TARGET)
     finally:
-        devstack.stop_airflow(STACK, TARGET)
+        devstack.stop_airflow(STACK, LIVE_TARGET)

@@ -30,7 +30,11 @@ def inventory() -> dict:
         # Only the names a saga can create (dbt_<project>): other databases on this cluster (the
         # benchmark's, the dev stack's) may come and go while the tests run.
         databases = {
-            r[0] for r in query(conn, "select datname from pg_database where datname like 'dbt\\_%'")
+            r[0]
+            for r in query(
+                conn,
+                "select datname from pg_database where datname like 'dbt\\_%' or datname = 'shared_existing'",
+            )
         }
         roles = {r[0] for r in query(conn, "select rolname from pg_roles")}
     schemas = {}

@@ -167,18 +167,19 @@ def test_permanent_fault_in_any_step_compensates_everything(saga_dag, step):
     assert inventory() == before
 
 
-def test_transient_fault_retries_then_completes(saga_dag):
+@pytest.mark.parametrize("step", EFFECT_STEPS)
+def test_transient_fault_in_any_step_retries_then_completes(saga_dag, step):
     run, states, saga_id = run_saga(
         saga_dag,
         request(
-            "transient_ok",
+            uniq(f"transient_{EFFECT_STEPS.index(step)}"),
             environments=["dev"],
-            fault_injection={"step": "create_credentials", "mode": "transient", "times": 2},
+            fault_injection={"step": step, "mode": "transient", "times": 2},
         ),
     )
     assert run.state == "success", states
     assert journal().get(saga_id).state == j.COMPLETED
-    assert journal().step(saga_id, "create_credentials").attempts == 3
+    assert journal().step(saga_id, step).attempts == 3
 
 
 def test_transient_fault_that_never_clears_is_compensated(saga_dag):

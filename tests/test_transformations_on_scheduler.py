@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -108,7 +109,16 @@ def flaky_project(live_airflow, warehouse_module) -> str:
     with warehouse_module.cursor() as cur:
         cur.execute(f"drop schema if exists {FLAKY} cascade")
         cur.execute(f"drop schema if exists {FLAKY}_ext cascade")
-    live_airflow.wait_for_dag(FLAKY, timeout=240)
+    written = time.time()
+
+    def parsed_since_written():
+        # A DAG of that name may linger from an earlier session (stale): wait for a fresh parse.
+        status, dag = live_airflow.request("GET", f"/dags/{FLAKY}")
+        parsed = dag.get("last_parsed_time") if status == 200 else None
+        fresh = parsed and datetime.fromisoformat(parsed.replace("Z", "+00:00")).timestamp() > written
+        return fresh and not dag.get("is_stale")
+
+    wait_for(parsed_since_written, 240, f"the dag-processor to parse {FLAKY}")
     return FLAKY
 
 
