@@ -169,9 +169,14 @@ class _RunWatch:
     async def _poll(self, trigger: TaskEndingWatcherTrigger, key) -> None:
         try:
             while self.users > 0:
-                state = await trigger._get_producer_task_status()
-                # Read the results after the state: a final state then comes with final results.
-                results = await trigger.get_xcom_val(AGGREGATE_XCOM_KEY)
+                try:
+                    state = await trigger._get_producer_task_status()
+                    # Read the results after the state: a final state then comes with final results.
+                    results = await trigger.get_xcom_val(AGGREGATE_XCOM_KEY)
+                except Exception:  # noqa: BLE001 - an API hiccup must not strand the run's tasks
+                    trigger.log.warning("reading the build's results failed; retrying", exc_info=True)
+                    await asyncio.sleep(max(trigger.poke_interval, 1.0))
+                    continue
                 async with self.changed:
                     self.producer_state = state
                     self.results = results or {}
