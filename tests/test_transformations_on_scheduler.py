@@ -131,11 +131,17 @@ def test_a_failed_model_fails_downstream_then_retries_on_a_worker_once_fixed(
 
     def needs_input_failed_once():
         ti = task_instances(client, flaky_project, run).get("needs_input.run") or {}
-        return ti.get("state") == "up_for_retry" and ti
+        return (ti.get("state") == "up_for_retry" or (ti.get("try_number") or 0) >= 2) and ti
 
-    wait_for(needs_input_failed_once, 120, "needs_input.run to fail its first try")
+    wait_for(needs_input_failed_once, 240, "needs_input.run to fail its first try")
+    # Nodes off the failed path are not affected (their results may land a poll later).
+    wait_for(
+        lambda: task_instances(client, flaky_project, run)["independent.run"]["state"] == "success",
+        60,
+        "independent.run to succeed",
+    )
     tis = task_instances(client, flaky_project, run)
-    assert tis["independent.run"]["state"] == "success", "nodes off the failed path are not affected"
+    assert tis["independent.run"]["try_number"] == 1
     assert tis["after_input.run"]["state"] in ("up_for_retry", "scheduled", "deferred", "failed")
 
     with warehouse.cursor() as cur:  # fix the cause: the input table appears
@@ -145,9 +151,9 @@ def test_a_failed_model_fails_downstream_then_retries_on_a_worker_once_fixed(
     final = client.wait_for_run(flaky_project, run, timeout=300)
     tis = task_instances(client, flaky_project, run)
     assert final["state"] == "success", {t: (ti["state"], ti["try_number"]) for t, ti in tis.items()}
-    assert tis["needs_input.run"]["try_number"] == 2 and tis["needs_input.run"]["hostname"], (
+    assert tis["needs_input.run"]["try_number"] >= 2 and tis["needs_input.run"]["hostname"], (
         "the retry ran dbt for that model on a worker"
     )
-    assert tis["after_input.run"]["state"] == "success" and tis["after_input.run"]["try_number"] == 2
+    assert tis["after_input.run"]["state"] == "success" and tis["after_input.run"]["try_number"] >= 2
     assert tis["independent.run"]["try_number"] == 1
     assert query(warehouse, f"select id from {flaky_project}.after_input") == [(2,)]
