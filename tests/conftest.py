@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg2
@@ -59,24 +61,40 @@ def warehouse_dsn(database: str | None = None) -> str:
     return devstack.admin_dsn(STACK, database or TARGET.warehouse_db)
 
 
-@pytest.fixture(scope="module")
-def warehouse_module() -> Iterator[psycopg2.extensions.connection]:
+@contextmanager
+def warehouse_connection() -> Iterator[psycopg2.extensions.connection]:
     conn = psycopg2.connect(warehouse_dsn())
     conn.autocommit = True
     try:
         yield conn
     finally:
         conn.close()
+
+
+@pytest.fixture(scope="module")
+def warehouse_module() -> Iterator[psycopg2.extensions.connection]:
+    with warehouse_connection() as conn:
+        yield conn
 
 
 @pytest.fixture
 def warehouse() -> Iterator[psycopg2.extensions.connection]:
-    conn = psycopg2.connect(warehouse_dsn())
-    conn.autocommit = True
-    try:
+    with warehouse_connection() as conn:
         yield conn
-    finally:
-        conn.close()
+
+
+def wait_for(predicate, timeout: float, what):
+    """Poll ``predicate`` every second until it returns something truthy; return that.
+
+    ``what`` names what is awaited in the failure message (a callable is asked at that time).
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")
 
 
 def query(conn, sql: str, params=None) -> list[tuple]:

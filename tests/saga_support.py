@@ -11,6 +11,7 @@ import psycopg2
 from include.dbt_platform import project_saga
 from include.dbt_platform.config import get_settings
 from include.dbt_platform.saga import journal as j
+from include.dbt_platform.saga.recovery import recover_sagas
 from tests.conftest import TARGET, query, warehouse_dsn
 
 
@@ -85,3 +86,11 @@ def request(name: str, **overrides) -> dict:
 
 def journal() -> j.Journal:
     return project_saga.journal()
+
+
+def undo_completed_sagas() -> None:
+    """Leave the test databases as found: compensate every saga the tests completed."""
+    definition = project_saga.definition()
+    for saga in journal().find((j.COMPLETED,)):
+        journal().set_state(saga.saga_id, j.EXECUTING)
+        recover_sagas(definition, lambda d, r: "failed", saga_id=saga.saga_id)

@@ -22,7 +22,7 @@ from include.dbt_platform.saga import journal as j
 from include.dbt_platform.saga.engine import run_step
 from include.dbt_platform.saga.recovery import recover_sagas
 from tests.conftest import STACK, TARGET, query
-from tests.saga_support import admin, inventory, journal, request, uniq
+from tests.saga_support import admin, inventory, journal, request, undo_completed_sagas, uniq
 
 STEPS = [s.name for s in project_saga.definition().steps]
 EFFECT_STEPS = STEPS[1:]  # validate_request has no side effect
@@ -431,11 +431,7 @@ def test_failing_compensation_leaves_saga_failed_alerted_and_redrivable(saga_dag
 @pytest.fixture(autouse=True, scope="module")
 def _clean_up_created_projects():
     yield
-    # Leave the test databases as we found them: compensate every saga these tests completed.
-    definition = project_saga.definition()
-    for saga in journal().find((j.COMPLETED,)):
-        journal().set_state(saga.saga_id, j.EXECUTING)
-        recover_sagas(definition, lambda d, r: "failed", saga_id=saga.saga_id)
+    undo_completed_sagas()
 
 
 def test_registered_project_dir_is_outside_dags(tmp_path: Path):

@@ -16,9 +16,8 @@ import pytest
 
 from include.dbt_platform import project_saga
 from include.dbt_platform.saga import journal as j
-from include.dbt_platform.saga.recovery import recover_sagas
-from tests.conftest import LIVE_SAGA_TIMEOUTS, LIVE_STATSD_PORT
-from tests.saga_support import inventory, journal, request, uniq
+from tests.conftest import LIVE_SAGA_TIMEOUTS, LIVE_STATSD_PORT, wait_for
+from tests.saga_support import inventory, journal, request, undo_completed_sagas, uniq
 
 DAG_ID = "dbt_project_create"
 EFFECT_STEPS = [s.name for s in project_saga.definition().steps][1:]
@@ -39,23 +38,23 @@ def trigger(client, conf: dict) -> tuple[str, str]:
 
 
 def wait_for_saga(saga_id: str, states: set[str], timeout: float = 180) -> j.SagaRecord:
-    deadline = time.monotonic() + timeout
-    saga = journal().get(saga_id)
-    while time.monotonic() < deadline:
+    def reached():
         saga = journal().get(saga_id)
-        if saga is not None and saga.state in states:
-            return saga
-        time.sleep(1)
-    raise AssertionError(f"saga {saga_id} is {saga.state if saga else 'missing'}, expected {states}")
+        return saga if saga is not None and saga.state in states else None
+
+    def describe():
+        saga = journal().get(saga_id)
+        return f"saga {saga_id} to be {states} (it is {saga.state if saga else 'missing'})"
+
+    return wait_for(reached, timeout, describe)
 
 
 def wait_for_task_state(client, run_id: str, task_id: str, state: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if client.task_states(DAG_ID, run_id).get(task_id) == state:
-            return
-        time.sleep(1)
-    raise AssertionError(f"{task_id} never reached {state}: {client.task_states(DAG_ID, run_id)}")
+    wait_for(
+        lambda: client.task_states(DAG_ID, run_id).get(task_id) == state,
+        timeout,
+        lambda: f"{task_id} to reach {state}: {client.task_states(DAG_ID, run_id)}",
+    )
 
 
 def test_rest_trigger_completes_and_a_reused_run_id_is_refused(client):
@@ -203,7 +202,4 @@ def test_run_marked_failed_by_hand_is_compensated_by_the_recovery_dag(client):
 @pytest.fixture(autouse=True, scope="module")
 def _clean_up_completed_projects():
     yield
-    definition = project_saga.definition()
-    for saga in journal().find((j.COMPLETED,)):
-        journal().set_state(saga.saga_id, j.EXECUTING)
-        recover_sagas(definition, lambda d, r: "failed", saga_id=saga.saga_id)
+    undo_completed_sagas()

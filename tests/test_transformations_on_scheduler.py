@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LIVE_PROJECTS_DIR, query
+from tests.conftest import LIVE_PROJECTS_DIR, query, wait_for
 
 DAG_ID = "inventory_transforms"
 FLAKY = "flaky_transforms"
@@ -28,16 +28,6 @@ def run_id() -> str:
 def task_instances(client, dag_id: str, run: str) -> dict[str, dict]:
     _, body = client.request("GET", f"/dags/{dag_id}/dagRuns/{run}/taskInstances?limit=100")
     return {ti["task_id"]: ti for ti in body.get("task_instances", [])}
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")
