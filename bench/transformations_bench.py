@@ -248,14 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     stack = get_stack_settings()
     settings = get_settings()
     root = stack.local_dir / "bench"
-    target = devstack.AirflowTarget(
-        home=root / "airflow",
-        metadata_db="airflow_bench",
-        warehouse_db="bench_warehouse",
-        platform_db="platform_bench",
-        api_port=stack.airflow_port + 200,
-        state_dir=root / "state",
-    )
+    target = devstack.isolated_target(stack, "bench", port_offset=200)
     modes = ["triggerer"] + [m for m in args.compare.split(",") if m.strip()]
     n = args.models
     print(f"== generating a {n}-model project (views, a not_null test each, one 1,000-row seed)", flush=True)

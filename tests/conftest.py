@@ -22,14 +22,7 @@ from include.dbt_platform.config import REPO_ROOT, get_stack_settings
 
 STACK = get_stack_settings()
 TEST_ROOT = STACK.local_dir / "test"
-TARGET = devstack.AirflowTarget(
-    home=TEST_ROOT / "airflow",
-    metadata_db="airflow_test",
-    warehouse_db="warehouse_test",
-    platform_db="platform_test",
-    api_port=STACK.airflow_port + 100,
-    state_dir=TEST_ROOT / "state",
-)
+TARGET = devstack.isolated_target(STACK, "test", port_offset=100)
 TEST_ENV = {
     **devstack.airflow_env(STACK, TARGET),
     "SAGA_FAULT_INJECTION": "1",

@@ -269,6 +269,19 @@ class AirflowTarget:
         return f"http://127.0.0.1:{self.api_port}"
 
 
+def isolated_target(stack: StackSettings, name: str, port_offset: int) -> AirflowTarget:
+    """An Airflow beside the stack's: home and state under ``.local/<name>``, databases ``*_<name>``."""
+    root = stack.local_dir / name
+    return AirflowTarget(
+        home=root / "airflow",
+        metadata_db=f"airflow_{name}",
+        warehouse_db=f"warehouse_{name}",
+        platform_db=f"platform_{name}",
+        api_port=stack.airflow_port + port_offset,
+        state_dir=root / "state",
+    )
+
+
 def default_target(stack: StackSettings) -> AirflowTarget:
     return AirflowTarget(
         home=stack.local_dir / "airflow",
@@ -551,21 +564,26 @@ def describe(stack: StackSettings, target: AirflowTarget) -> str:
     )
 
 
-def demo(stack: StackSettings, target: AirflowTarget, dag_id: str = "inventory_transforms") -> int:
-    client = client_for(stack, target)
+def run_and_report(client: AirflowClient, dag_id: str, conf: dict | None, label: str, order=sorted) -> dict:
+    """Trigger a run through the REST API, wait for it, print every task's state; return the run."""
     client.wait_for_dag(dag_id)
     run_id = f"demo__{time.strftime('%Y%m%dT%H%M%S')}"
-    status, body = client.trigger(dag_id, run_id)
+    status, body = client.trigger(dag_id, run_id, conf)
     if status not in (200, 201):
         raise StackError(f"triggering {dag_id} failed: HTTP {status} {body}")
-    print(f"Triggered {dag_id} (run {run_id}) through the REST API; waiting…", flush=True)
+    print(f"Triggered {dag_id}{label} (run {run_id}) through the REST API; waiting…", flush=True)
     started = time.monotonic()
     run = client.wait_for_run(dag_id, run_id)
     states = client.task_states(dag_id, run_id)
     print(f"Run {run_id}: {run['state']} in {time.monotonic() - started:.0f}s")
-    for task_id, state in sorted(states.items()):
-        print(f"  {state:<16} {task_id}")
-    print(f"See it in the UI: {target.api_url}/dags/{dag_id}/runs/{run_id}")
+    for task_id in order(states):
+        print(f"  {states[task_id] or 'none':<16} {task_id}")
+    return {**run, "task_states": states}
+
+
+def demo(stack: StackSettings, target: AirflowTarget, dag_id: str = "inventory_transforms") -> int:
+    run = run_and_report(client_for(stack, target), dag_id, None, "")
+    print(f"See it in the UI: {target.api_url}/dags/{dag_id}/runs/{run['dag_run_id']}")
     return 0 if run["state"] == "success" else 1
 
 
@@ -575,9 +593,6 @@ DEMO_PROJECT = "demo_analytics"
 def demo_project_saga(stack: StackSettings, target: AirflowTarget, name: str = DEMO_PROJECT) -> int:
     """Create one dbt project through the saga. A fixed idempotency key: re-running creates nothing."""
     dag_id = "dbt_project_create"
-    client = client_for(stack, target)
-    client.wait_for_dag(dag_id)
-    run_id = f"demo__{time.strftime('%Y%m%dT%H%M%S')}"
     conf = {
         "project_name": name,
         "owner": "analytics@example.com",
@@ -588,16 +603,10 @@ def demo_project_saga(stack: StackSettings, target: AirflowTarget, name: str = D
         "readers": [],
         "idempotency_key": f"make-run-demo-{name}",
     }
-    status, body = client.trigger(dag_id, run_id, conf)
-    if status not in (200, 201):
-        raise StackError(f"triggering {dag_id} failed: HTTP {status} {body}")
-    print(f"\nTriggered {dag_id} for project '{name}' (run {run_id}); waiting…", flush=True)
-    started = time.monotonic()
-    run = client.wait_for_run(dag_id, run_id)
-    states = client.task_states(dag_id, run_id)
-    print(f"Run {run_id}: {run['state']} in {time.monotonic() - started:.0f}s")
-    for task_id, state in states.items():
-        print(f"  {state or 'none':<16} {task_id}")
+    print()
+    run = run_and_report(client_for(stack, target), dag_id, conf, f" for project '{name}'", order=list)
+    run_id = run["dag_run_id"]
+    states = run["task_states"]
     if states.get("validate_request") == "skipped":
         print(f"  (idempotency key already used: an earlier make run created '{name}'; nothing new was made)")
     print(
