@@ -28,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import psycopg2
@@ -195,8 +196,14 @@ def clear_relations(proj: DbtProject) -> list[str]:
 # ----------------------------------------------------------------------------------- dbt
 
 
+@lru_cache(maxsize=8)
+def _manifest(proj: DbtProject, mtime_ns: int) -> dict:
+    return check_manifest(proj)
+
+
 def _manifest_nodes(proj: DbtProject, resource_type: str) -> dict[str, dict]:
-    manifest = check_manifest(proj)
+    # A step asks several questions of one manifest; read it once per version of the file.
+    manifest = _manifest(proj, proj.manifest_path.stat().st_mtime_ns if proj.manifest_path.exists() else 0)
     return {
         uid: node
         for uid, node in manifest.get("nodes", {}).items()
@@ -332,7 +339,8 @@ def changed_seeds(proj: DbtProject, pg) -> list[str]:
     state_file = seed_state_file(proj)
     loaded = json.loads(state_file.read_text()) if state_file.exists() else {}
     schemas = seed_schemas(proj)
-    present = {name for name, schema in schemas.items() if name in relations(pg, schema)}
+    found = {schema: relations(pg, schema) for schema in set(schemas.values())}
+    present = {name for name, schema in schemas.items() if name in found[schema]}
     return sorted(
         name
         for name, digest in seed_checksums(proj).items()
@@ -381,12 +389,6 @@ def run_checks(proj: DbtProject) -> list[dict]:
 # ----------------------------------------------------------------------------------- report
 
 
-def timed(fn, *args, **kwargs) -> tuple[object, float]:
-    started = time.monotonic()
-    value = fn(*args, **kwargs)
-    return value, round(time.monotonic() - started, 2)
-
-
 def render_report(project_name: str, mode: str, steps: list[dict], counts: dict[str, int]) -> str:
     lines = [
         f"# warehouse_setup: `{project_name}` ({mode})",
@@ -408,8 +410,7 @@ def render_report(project_name: str, mode: str, steps: list[dict], counts: dict[
 # failed tasks whose XCom still says why (the report reads it).
 
 
-def step_preflight(name: str, mode: str) -> dict:
-    proj = project(name)
+def step_preflight(proj: DbtProject, mode: str) -> dict:
     missing = missing_seed_files(proj)
     if missing and mode != "status":
         raise WarehouseSetupError(
@@ -426,26 +427,23 @@ def step_preflight(name: str, mode: str) -> dict:
     }
 
 
-def step_clear(name: str, mode: str) -> dict:
+def step_clear(proj: DbtProject, mode: str) -> dict:
     if mode != "complete":
         return {"status": "skipped", "details": f"{mode} mode keeps existing relations"}
-    dropped = clear_relations(project(name))
+    dropped = clear_relations(proj)
     return {"status": "ok", "details": f"dropped {len(dropped)}: {', '.join(dropped) or 'nothing'}"}
 
 
-def step_seeds(name: str, mode: str) -> dict:
-    proj = project(name)
-    if mode == "status":
-        with warehouse(proj) as pg:
-            changed = changed_seeds(proj, pg)
-        return {"status": "skipped", "details": f"read-only; seeds that would load: {changed or 'none'}"}
-    if mode == "quick":
+def step_seeds(proj: DbtProject, mode: str) -> dict:
+    if mode == "complete":
+        selected = sorted(seed_files(proj))
+    else:
         with warehouse(proj) as pg:
             selected = changed_seeds(proj, pg)
+        if mode == "status":
+            return {"status": "skipped", "details": f"read-only; seeds that would load: {selected or 'none'}"}
         if not selected:
             return {"status": "ok", "details": "all seeds unchanged"}
-    else:
-        selected = sorted(seed_files(proj))
     outcome = run_dbt(proj, ["seed", "--full-refresh", "--select", *selected])
     if not outcome.success:
         raise WarehouseSetupError(f"loading seeds failed: {outcome.error}")
@@ -454,10 +452,9 @@ def step_seeds(name: str, mode: str) -> dict:
     return {"status": "ok", "details": f"loaded {rows}"}
 
 
-def _run_models(name: str, mode: str, label: str, selection: list[str]) -> dict:
+def _run_models(proj: DbtProject, mode: str, label: str, selection: list[str]) -> dict:
     if mode == "status":
         return {"status": "skipped", "details": "read-only"}
-    proj = project(name)
     outcome = run_dbt(proj, ["run", *selection])
     if not outcome.success:
         raise WarehouseSetupError(f"{label} models failed: {outcome.error}")
@@ -465,18 +462,17 @@ def _run_models(name: str, mode: str, label: str, selection: list[str]) -> dict:
     return {"status": "ok", "details": f"built {len(outcome.nodes)}: {built or 'none selected'}"}
 
 
-def step_foundation(name: str, mode: str) -> dict:
-    return _run_models(name, mode, "foundation", ["--select", foundation_selector(project(name))])
+def step_foundation(proj: DbtProject, mode: str) -> dict:
+    return _run_models(proj, mode, "foundation", ["--select", foundation_selector(proj)])
 
 
-def step_configuration(name: str, mode: str) -> dict:
-    return _run_models(name, mode, "configuration", configuration_args(project(name)))
+def step_configuration(proj: DbtProject, mode: str) -> dict:
+    return _run_models(proj, mode, "configuration", configuration_args(proj))
 
 
-def step_validate(name: str, mode: str) -> dict:
+def step_validate(proj: DbtProject, mode: str) -> dict:
     if mode == "status":
         return {"status": "skipped", "details": "read-only"}
-    proj = project(name)
     tests = run_dbt(proj, ["test"])
     dq = run_checks(proj)
     failed_tests = [n["name"] for n in tests.nodes if n["status"] in ("fail", "error")]
@@ -516,7 +512,7 @@ def run_named_step(step: str, name: str, mode: str, ti) -> dict:
         raise AirflowFailException(f"mode must be one of {MODES}, got {mode!r}")
     started = time.monotonic()
     try:
-        outcome = STEPS[step](name, mode)
+        outcome = STEPS[step](project(name), mode)
     except WarehouseSetupError as exc:
         ti.xcom_push(key="outcome", value={"step": step, "status": "failed", "details": str(exc),
                                           "seconds": round(time.monotonic() - started, 2)})  # fmt: skip
@@ -536,8 +532,9 @@ def report(name: str, mode: str, ti) -> dict:
         steps.append(outcome or {"step": step, "status": "not run", "details": "an earlier step failed"})
     counts: dict[str, int] = {}
     try:
-        with warehouse(project(name)) as pg:
-            counts = row_counts(pg, project(name).schema)
+        proj = project(name)
+        with warehouse(proj) as pg:
+            counts = row_counts(pg, proj.schema)
     except WarehouseSetupError as exc:
         steps.append({"step": "report", "status": "failed", "details": str(exc)})
     text = render_report(name, mode, steps, counts)
