@@ -7,23 +7,13 @@ import logging
 import psycopg2
 from psycopg2 import sql
 
+from include.dbt_platform.adapters.postgres import connection_params
+
 log = logging.getLogger(__name__)
 
 
 def summarize_marts(conn_id: str, schema: str) -> dict:
-    from airflow.sdk import BaseHook
-
-    conn = BaseHook.get_connection(conn_id)
-    with (
-        psycopg2.connect(
-            host=conn.host,
-            port=conn.port or 5432,
-            user=conn.login,
-            password=conn.password,
-            dbname=conn.schema,
-        ) as pg,
-        pg.cursor() as cur,
-    ):
+    with psycopg2.connect(**connection_params(conn_id)) as pg, pg.cursor() as cur:
         cur.execute(
             sql.SQL("select department, count(*) from {}.fct_users group by 1 order by 1").format(
                 sql.Identifier(schema)

@@ -36,6 +36,7 @@ import yaml
 from psycopg2 import errors, sql
 
 from include.dbt_platform import cosmos_config
+from include.dbt_platform.adapters.postgres import connection_params
 from include.dbt_platform.config import Settings, get_settings
 from include.dbt_platform.projects import PLATFORM_FILE, DbtProject, check_manifest, discover
 
@@ -90,20 +91,10 @@ def checks(proj: DbtProject) -> list[Check]:
 
 @contextlib.contextmanager
 def warehouse(proj: DbtProject) -> Iterator[psycopg2.extensions.connection]:
-    from airflow.sdk import BaseHook
-
-    conn = BaseHook.get_connection(proj.conn_id)
-    where = f"{conn.host}:{conn.port}/{conn.schema} (Airflow connection '{proj.conn_id}')"
+    params = connection_params(proj.conn_id)
+    where = f"{params['host']}:{params['port']}/{params['dbname']} (Airflow connection '{proj.conn_id}')"
     try:
-        pg = psycopg2.connect(
-            host=conn.host,
-            port=conn.port or 5432,
-            user=conn.login,
-            password=conn.password,
-            dbname=conn.schema,
-            connect_timeout=5,
-            application_name="warehouse_setup",
-        )
+        pg = psycopg2.connect(**params, connect_timeout=5, application_name="warehouse_setup")
     except psycopg2.OperationalError as exc:
         reason = str(exc).strip().splitlines()[0]
         raise WarehouseSetupError(

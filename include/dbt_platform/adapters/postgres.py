@@ -38,6 +38,20 @@ create table if not exists platform.environments (
 """
 
 
+def connection_params(conn_id: str) -> dict:
+    """psycopg2 keyword arguments for an Airflow connection (looked up at run time, not at parse)."""
+    from airflow.sdk import BaseHook
+
+    conn = BaseHook.get_connection(conn_id)
+    return {
+        "host": conn.host,
+        "port": conn.port or 5432,
+        "user": conn.login,
+        "password": conn.password,
+        "dbname": conn.schema,
+    }
+
+
 def marker(saga_id: str) -> str:
     return MARKER + saga_id
 
