@@ -163,6 +163,15 @@ LIVE_TARGET = devstack.AirflowTarget(
 def live_airflow() -> Iterator[devstack.AirflowClient]:
     devstack.stop_airflow(STACK, LIVE_TARGET)  # a leftover from an aborted session has other settings
     devstack.stop_airflow(STACK, TARGET)  # (earlier sessions ran the live components on TARGET)
+    # A fresh metadata database: an aborted session can leave runs unfinished there, and the
+    # scheduler would resume them beside this session's runs (same DAGs, same schemas).
+    admin = psycopg2.connect(devstack.admin_dsn(STACK))
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f"drop database if exists {LIVE_TARGET.metadata_db} with (force)")
+    finally:
+        admin.close()
     devstack.pg_up(STACK, (LIVE_TARGET.metadata_db,))
     devstack.prepare_airflow_home(STACK, LIVE_TARGET)
     devstack.migrate_metadata_db(STACK, LIVE_TARGET)
