@@ -32,7 +32,7 @@ with DAG(
     schedule=None,
     start_date=datetime(2024, 1, 1, tzinfo=UTC),
     catchup=False,
-    max_active_runs=8,
+    max_active_runs=16,
     dagrun_timeout=definition().timeout,
     params=dag_params(),
     doc_md=__doc__,

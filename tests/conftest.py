@@ -19,6 +19,7 @@ import pytest
 
 from include.dbt_platform import devstack
 from include.dbt_platform.config import REPO_ROOT, get_stack_settings
+from include.dbt_platform.project_saga import definition
 
 STACK = get_stack_settings()
 TEST_ROOT = STACK.local_dir / "test"
@@ -130,8 +131,14 @@ def run_dag_test(dag):
 # Real-scheduler tests: Airflow's api-server, scheduler, dag-processor and triggerer for the test
 # target, started once per session when a test first asks for them. DAGs start paused so that
 # scheduled DAGs do not run behind the other tests' backs; AirflowClient.trigger unpauses one.
-# Timeouts are short so the timeout paths finish in seconds (see DBT_PLATFORM_SAGA_TIMEOUTS).
-LIVE_SAGA_TIMEOUTS = {"saga": 75, "create_environments": 8}
+# Step timeouts are short so the hang tests finish in seconds (see DBT_PLATFORM_SAGA_TIMEOUTS), except
+# register_transformations's: it runs dbt parse. The whole saga gets room for four hung attempts of its
+# last step with eight other sagas running beside it; register_transformations hangs past it.
+LIVE_STEP_TIMEOUT = 12
+LIVE_SAGA_TIMEOUTS = {
+    "saga": 150,
+    **{s.name: LIVE_STEP_TIMEOUT for s in definition().steps if s.name != "register_transformations"},
+}
 LIVE_PROJECTS_DIR = TEST_ROOT / "live_projects"  # what the live scheduler's DAG factory reads
 LIVE_STATSD_PORT = TARGET.api_port + 25  # the metrics test listens here (UDP, loopback)
 LIVE_ENV = {

@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 
 import pytest
 
@@ -20,7 +21,8 @@ from tests.conftest import LIVE_SAGA_TIMEOUTS, LIVE_STATSD_PORT, wait_for
 from tests.saga_support import inventory, journal, request, undo_completed_sagas, uniq
 
 DAG_ID = "dbt_project_create"
-EFFECT_STEPS = [s.name for s in project_saga.definition().steps][1:]
+ALL_STEPS = [s.name for s in project_saga.definition().steps]
+EFFECT_STEPS = ALL_STEPS[1:]  # validate_request has no side effect to be killed after
 
 
 @pytest.fixture(scope="module")
@@ -108,23 +110,58 @@ def test_step_and_saga_durations_and_outcomes_are_emitted_as_metrics(client):
     assert timing.endswith("|ms") and float(timing.split(":")[1].split("|")[0]) > 0
 
 
-@pytest.mark.parametrize("step", EFFECT_STEPS)
-def test_killed_task_process_after_its_effect_is_compensated(client, step):
-    # SIGKILL right after the step's side effect, before its result is recorded, on every attempt.
-    before = inventory()
-    fault = {"step": step, "mode": "crash_after_effect", "times": 9}
-    run_id, saga_id = trigger(
-        client, request(uniq(f"live_kill{EFFECT_STEPS.index(step)}"), fault_injection=fault)
-    )
-    run = client.wait_for_run(DAG_ID, run_id, timeout=300)
+@dataclass
+class Batch:
+    """Sagas triggered together, one fault each, and waited for together.
 
-    assert run["state"] == "failed"
+    Each run is mostly waiting (retry delays, hung steps), so running a fault matrix side by side
+    costs little more than its slowest run. ``before`` is the inventory before any of them started;
+    once all have finished it must be unchanged.
+    """
+
+    before: dict
+    runs: dict[str, tuple[str, str]]  # step -> (run_id, saga_id)
+    finished: dict[str, dict]
+
+    def inventory_unchanged(self) -> bool:
+        return inventory() == self.before
+
+
+def run_batch(client, prefix: str, faults: dict[str, dict], timeout: float) -> Batch:
+    _, dag = client.request("GET", f"/dags/{DAG_ID}")
+    assert len(faults) <= dag["max_active_runs"], "more would queue behind the others"
+    before = inventory()
+    runs = {
+        step: trigger(client, request(uniq(f"{prefix}{i}"), fault_injection=fault))
+        for i, (step, fault) in enumerate(faults.items())
+    }
+    deadline = time.monotonic() + timeout
+    finished = {
+        step: client.wait_for_run(DAG_ID, run_id, timeout=max(1.0, deadline - time.monotonic()))
+        for step, (run_id, _) in runs.items()
+    }
+    for _, saga_id in runs.values():  # a timed-out run is compensated after it ended, by its callback
+        wait_for_saga(saga_id, {j.COMPLETED, j.COMPENSATED, j.FAILED})
+    return Batch(before, runs, finished)
+
+
+@pytest.fixture(scope="module")
+def killed_batch(client) -> Batch:
+    # SIGKILL right after the step's side effect, before its result is recorded, on every attempt.
+    faults = {step: {"step": step, "mode": "crash_after_effect", "times": 9} for step in EFFECT_STEPS}
+    return run_batch(client, "live_kill", faults, timeout=600)
+
+
+@pytest.mark.parametrize("step", EFFECT_STEPS)
+def test_killed_task_process_after_its_effect_is_compensated(killed_batch, step):
+    run_id, saga_id = killed_batch.runs[step]
+    assert killed_batch.finished[step]["state"] == "failed"
     assert journal().get(saga_id).state == j.COMPENSATED
     record = journal().step(saga_id, step)
     assert record.attempts == 4, "every retry was killed too"
     # The kill left the step EXECUTING (outcome unknown); notify_owner has nothing to undo.
     assert record.state == (j.EXECUTING if step == "notify_owner" else j.STEP_COMPENSATED)
-    assert inventory() == before, "what the killed process made was found by its marker and removed"
+    assert killed_batch.inventory_unchanged(), "what each killed process made was found and removed"
 
 
 def test_killed_once_then_retried_completes_without_duplicates(client):
@@ -149,43 +186,45 @@ def test_killed_once_then_retried_completes_without_duplicates(client):
     }
 
 
-def test_step_that_hangs_past_its_timeout_is_retried_then_compensated(client):
-    before = inventory()
-    fault = {"step": "create_environments", "mode": "timeout", "times": 9}
-    run_id, saga_id = trigger(client, request(uniq("live_hang"), fault_injection=fault))
-    run = client.wait_for_run(DAG_ID, run_id, timeout=300)
+@pytest.fixture(scope="module")
+def hung_batch(client) -> Batch:
+    # Every step hangs on every attempt. register_transformations has a long step timeout (it runs dbt
+    # parse), so its run hits the saga's dagrun_timeout instead.
+    faults = {step: {"step": step, "mode": "timeout", "times": 9} for step in ALL_STEPS}
+    return run_batch(client, "live_hang", faults, timeout=LIVE_SAGA_TIMEOUTS["saga"] + 300)
 
-    assert run["state"] == "failed"
+
+@pytest.mark.parametrize("step", [s for s in ALL_STEPS if s in LIVE_SAGA_TIMEOUTS])
+def test_step_that_hangs_past_its_timeout_is_retried_then_compensated(client, hung_batch, step):
+    run_id, saga_id = hung_batch.runs[step]
+    assert hung_batch.finished[step]["state"] == "failed"
     states = client.task_states(DAG_ID, run_id)
-    assert states["create_environments"] == "failed"
+    assert states[step] == "failed"
     assert states["compensate"] == "success"
+    assert journal().get(saga_id).state == j.COMPENSATED
+    record = journal().step(saga_id, step)
+    assert record.attempts == project_saga.definition().step(step).retry.retries + 1
+    assert "timed out" in (record.error or "")
+    assert hung_batch.inventory_unchanged()
+
+
+def test_whole_saga_timeout_is_compensated_by_the_failure_callback(client, hung_batch):
+    # dagrun_timeout ends the run while register_transformations hangs. Airflow then marks unfinished
+    # tasks skipped, so compensate never runs: only the DAG's failure callback can undo.
+    run_id, saga_id = hung_batch.runs["register_transformations"]
+    assert hung_batch.finished["register_transformations"]["state"] == "failed"
+    assert client.task_states(DAG_ID, run_id)["compensate"] in {"skipped", None}
     saga = journal().get(saga_id)
     assert saga.state == j.COMPENSATED
-    assert "timed out" in (journal().step(saga_id, "create_environments").error or "")
-    assert inventory() == before
-
-
-def test_whole_saga_timeout_is_compensated_by_the_failure_callback(client):
-    # setup_repository hangs for minutes; dagrun_timeout (75 s here) ends the run first. Airflow then
-    # marks unfinished tasks skipped, so compensate never runs: only the DAG's callback can undo.
-    before = inventory()
-    fault = {"step": "setup_repository", "mode": "timeout", "times": 9}
-    run_id, saga_id = trigger(client, request(uniq("live_slow"), fault_injection=fault))
-    run = client.wait_for_run(DAG_ID, run_id, timeout=LIVE_SAGA_TIMEOUTS["saga"] + 120)
-
-    assert run["state"] == "failed"
-    assert client.task_states(DAG_ID, run_id)["compensate"] in {"skipped", None}
-    saga = wait_for_saga(saga_id, {j.COMPENSATED, j.FAILED}, timeout=120)
-    assert saga.state == j.COMPENSATED
     assert "run ended failed" in (saga.error or "")
-    assert inventory() == before
+    assert hung_batch.inventory_unchanged()
 
 
 def test_run_marked_failed_by_hand_is_compensated_by_the_recovery_dag(client):
     before = inventory()
-    fault = {"step": "setup_repository", "mode": "timeout", "times": 9}
+    fault = {"step": "register_transformations", "mode": "timeout", "times": 9}
     run_id, saga_id = trigger(client, request(uniq("live_mark"), fault_injection=fault))
-    wait_for_task_state(client, run_id, "setup_repository", "running")
+    wait_for_task_state(client, run_id, "register_transformations", "running", timeout=180)
     status, body = client.request("PATCH", f"/dags/{DAG_ID}/dagRuns/{run_id}", {"state": "failed"})
     assert status == 200, body
     time.sleep(3)
