@@ -31,7 +31,14 @@ def model_sql(i: int, width: int) -> str:
     return f"select id, category, amount + 1 as amount\nfrom {{{{ ref('{first}') }}}}\n"
 
 
-def generate(dest: Path, models: int, name: str, schema: str, execution_mode: str | None = None) -> Path:
+def generate(
+    dest: Path,
+    models: int,
+    name: str,
+    schema: str,
+    execution_mode: str | None = None,
+    test_behavior: str | None = None,
+) -> Path:
     """Write the project to ``dest`` (replacing it) and return its path."""
     if models < LAYERS or models % LAYERS:
         raise ValueError(f"--models must be a positive multiple of {LAYERS}, got {models}")
@@ -66,6 +73,8 @@ def generate(dest: Path, models: int, name: str, schema: str, execution_mode: st
     platform = {"schema": schema, "schedule": "none", "tags": ["benchmark"]}
     if execution_mode:
         platform["execution_mode"] = execution_mode
+    if test_behavior:
+        platform["test_behavior"] = test_behavior
     (dest / "platform.yml").write_text(yaml.safe_dump(platform))
     return dest
 

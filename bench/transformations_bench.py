@@ -2,9 +2,11 @@
 
 Generates an N-model project (``bench/generate_project.py``), then, for each measured run, runs
 ``dbt build`` and the project's Airflow DAG one after the other on this machine and prints wall
-times, the ratio, task counts, task failures and peak memory. The fast mode (``triggerer``) runs
-``--runs`` times; the previous default (Cosmos LOCAL) and, on request, Cosmos' stock WATCHER run
-once each for comparison. Also measured: ``dbt parse`` and the time to render the DAG file beyond
+times, the ratio, task counts, task failures, peak memory and the CPU each Airflow component used.
+The fast mode (``triggerer``, test behavior ``build``) runs once to warm up (Airflow was just started;
+printed, its failures counted, not in the ratio), then ``--runs`` times; the previous default (Cosmos
+LOCAL, tests as their own tasks) and, on request, ``after_each`` (the triggerer mode with tests as
+their own tasks) and Cosmos' stock WATCHER run once each for comparison. Also measured: ``dbt parse`` and the time to render the DAG file beyond
 importing Airflow and Cosmos.
 
 Airflow runs on its own metadata database and port (``.local/bench/``), all on 127.0.0.1, and is
@@ -33,6 +35,14 @@ from include.dbt_platform.config import get_settings, get_stack_settings  # noqa
 from include.dbt_platform.manifests import build_manifest  # noqa: E402
 
 FAILED_STATES = {"failed", "upstream_failed", "up_for_retry"}
+# What each compared DAG is: (execution mode, test behavior). "triggerer" is this platform's default;
+# "local" is Cosmos' default (a task per model and one per model's tests, each its own dbt process).
+MODES = {
+    "triggerer": ("triggerer", "build"),
+    "after_each": ("triggerer", "after_each"),
+    "local": ("local", "after_each"),
+    "watcher": ("watcher", "after_each"),
+}
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -72,6 +82,28 @@ def tree_pss_mb(roots: list[int]) -> float:
         except OSError:
             pass
     return total / 1024
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_s(root: int) -> float:
+    """CPU seconds used so far by a process tree: each live process's own time and that of the
+    children it has reaped (a forked DAG-file parser, a finished task process)."""
+    tree, seen, stack, total = _children(), set(), [root], 0
+    while stack:
+        pid = stack.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        stack.extend(tree.get(pid, []))
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            total += sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / CLOCK_TICKS
 
 
 class PeakMemory:
@@ -199,8 +231,10 @@ def dag_run(client, dag_id: str, stack, target) -> dict:
     status, body = client.trigger(dag_id, run_id)
     if status != 200:
         raise SystemExit(f"triggering {dag_id}: HTTP {status} {body}")
-    pids = lambda: [p for c in devstack.AIRFLOW_COMPONENTS if (p := devstack.component_pid(stack, target, c))]  # noqa: E731
-    with PeakMemory(pids) as mem:
+    components = {c: devstack.component_pid(stack, target, c) for c in devstack.AIRFLOW_COMPONENTS}
+    components = {c: pid for c, pid in components.items() if pid}
+    cpu_before = {c: tree_cpu_s(pid) for c, pid in components.items()}
+    with PeakMemory(lambda: list(components.values())) as mem:
         while True:
             _, run = client.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
             if run.get("state") in {"success", "failed"}:
@@ -215,6 +249,9 @@ def dag_run(client, dag_id: str, stack, target) -> dict:
         tis += page
         if not page or len(tis) >= body.get("total_entries", 0):
             break
+    # CPU seconds each component's process tree used during the run (the scheduler's includes the
+    # LocalExecutor's task processes; the dag-processor's, its DAG-file parses).
+    cpu = {c: tree_cpu_s(pid) - cpu_before[c] for c, pid in components.items()}
     failed = sorted(
         t["task_id"] for t in tis if t["state"] in FAILED_STATES or (t.get("try_number") or 0) > 1
     )
@@ -225,6 +262,7 @@ def dag_run(client, dag_id: str, stack, target) -> dict:
         "tasks": len(tis),
         "failed": failed,
         "peak_mb": mem.peak,
+        "cpu": cpu,
     }
 
 
@@ -238,9 +276,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--runs", type=int, default=5, help="measured runs of the fast (triggerer) mode")
     parser.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="runs of the fast mode before the measured ones (printed, failures counted, not in the ratio)",
+    )
+    parser.add_argument(
         "--compare",
         default="local",
-        help="comma-separated modes run once each for comparison: local, watcher; '' for none",
+        help="comma-separated modes run once each for comparison: local, after_each (triggerer mode, "
+        "tests as their own tasks), watcher; '' for none",
     )
     parser.add_argument("--keep-running", action="store_true", help="leave the bench Airflow running")
     args = parser.parse_args(argv)
@@ -249,12 +294,14 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     root = stack.local_dir / "bench"
     target = devstack.isolated_target(stack, "bench", port_offset=200)
-    modes = ["triggerer"] + [m for m in args.compare.split(",") if m.strip()]
+    modes = ["triggerer"] + [m.strip() for m in args.compare.split(",") if m.strip()]
+    if unknown := sorted(set(modes) - MODES.keys()):
+        parser.error(f"--compare: unknown mode(s) {unknown}; expected some of {sorted(MODES)}")
     n = args.models
     print(f"== generating a {n}-model project (views, a not_null test each, one 1,000-row seed)", flush=True)
     projects_dir = root / "projects"
     projects = {
-        mode: generate(projects_dir / f"bench_{mode}", n, f"bench_{mode}", f"bench_{mode}_{n}", mode)
+        mode: generate(projects_dir / f"bench_{mode}", n, f"bench_{mode}", f"bench_{mode}_{n}", *MODES[mode])
         for mode in modes
     }
     plain = generate(root / "plain" / "bench_plain", n, "bench_plain", f"bench_plain_{n}")
@@ -300,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         },
     )
     results: dict[str, list[dict]] = {m: [] for m in modes}
+    warmed: list[dict] = []  # the first run after Airflow starts pays one-time costs; shown, not counted
     try:
         devstack.wait_healthy(stack, target)
         client = devstack.client_for(stack, target)
@@ -307,19 +355,26 @@ def main(argv: list[str] | None = None) -> int:
             client.wait_for_dag(f"bench_{mode}", timeout=300)
         time.sleep(5)  # let the processor finish its first pass before timing anything
         for mode in modes:
-            for i in range(args.runs if mode == "triggerer" else 1):
+            warmups = args.warmup if mode == "triggerer" else 0
+            for i in range(warmups + (args.runs if mode == "triggerer" else 1)):
                 drop_schemas(stack, target.warehouse_db, [f"bench_plain_{n}", f"bench_{mode}_{n}"])
                 build_wall, build_mb, ok = dbt_build(plain, profiles, stack)
                 if not ok:
                     raise SystemExit("dbt build of the generated project failed")
                 run = dag_run(client, f"bench_{mode}", stack, target)
                 run.update(build=build_wall, build_mb=build_mb, ratio=run["wall"] / build_wall)
-                results[mode].append(run)
+                label = "warm-up" if i < warmups else f"run {i - warmups + 1}"
+                (warmed if i < warmups else results[mode]).append(run)
                 print(
-                    f"   {mode:<9} run {i + 1}: dbt build {build_wall:6.1f}s | DAG {run['state']:<7} "
+                    f"   {mode:<9} {label}: dbt build {build_wall:6.1f}s | DAG {run['state']:<7} "
                     f"{run['wall']:7.1f}s ({run['ratio']:.2f}x) | {run['tasks']} tasks, "
                     f"{len(run['failed'])} failed/retried {run['failed'][:5]} | peak memory (PSS) Airflow "
                     f"{run['peak_mb']:.0f} MiB, dbt build {build_mb:.0f} MiB",
+                    flush=True,
+                )
+                print(
+                    "     CPU seconds during the run: "
+                    + ", ".join(f"{c} {v:.1f}" for c, v in run["cpu"].items()),
                     flush=True,
                 )
     finally:
@@ -328,17 +383,19 @@ def main(argv: list[str] | None = None) -> int:
 
     fast = results["triggerer"]
     ratios = [r["ratio"] for r in fast]
-    spurious = sum(len(r["failed"]) for r in fast)
+    spurious = sum(len(r["failed"]) for r in fast + warmed)
     extra = " ".join(
         f"{m}={statistics.median(r['wall'] for r in results[m]):.1f}s"
         f"({statistics.median(r['ratio'] for r in results[m]):.2f}x)"
         for m in modes[1:]
     )
+    if warmed:
+        extra = f"warmup={warmed[0]['wall']:.1f}s({warmed[0]['ratio']:.2f}x) {extra}"
     print(
         f"SUMMARY models={n} dbt_build={statistics.median(r['build'] for r in fast):.1f}s "
         f"cosmos_triggerer={statistics.median(r['wall'] for r in fast):.1f}s "
         f"ratio={statistics.median(ratios):.2f}x (max {max(ratios):.2f}x) "
-        f"spurious_failures={spurious} in {len(fast)} runs "
+        f"spurious_failures={spurious} in {len(fast) + len(warmed)} runs "
         f"dbt_parse={parse_s:.1f}s dag_render={render_s:.2f}s {extra}".rstrip()
     )
     return 0 if all(r["state"] == "success" for rs in results.values() for r in rs) else 1

@@ -62,7 +62,7 @@ def test_new_project_becomes_a_dag_and_runs_green(projects_dir: Path, warehouse)
     assert bag.import_errors == {}
     assert transformation_dags(bag) == {"tiny_factory_project"}
     dag = bag.dags["tiny_factory_project"]
-    assert {"numbers.run", "numbers.test"} <= set(dag.task_ids)
+    assert "numbers_model_build" in dag.task_ids, "the model and its tests: one task (build)"
     run, states = run_dag_test(dag)
     assert run.state == "success", states
     assert query(warehouse, "select sum(n) from tiny_factory_project.numbers") == [(15,)]
@@ -116,3 +116,30 @@ def test_platform_yml_overrides_defaults(tmp_path: Path):
         ("sales",),
     )
     assert project.profile_name == "sales_profile"
+
+
+def test_test_behavior_after_each_gives_tests_their_own_task(tmp_path: Path):
+    from include.dbt_platform.factory import build_transformation_dag
+
+    project_dir = write_tiny_project(tmp_path, "tiny_after_each")
+    (project_dir / "platform.yml").write_text("test_behavior: after_each\nexecution_mode: triggerer\n")
+    build_manifest(project_dir)
+    dag = build_transformation_dag(load_project(project_dir))
+    assert {"numbers.run", "numbers.test"} <= set(dag.task_ids)
+    assert "numbers_model_build" not in dag.task_ids
+
+
+@pytest.mark.parametrize(
+    ("platform", "message"),
+    [
+        ("test_behavior: sometimes\n", "test behavior 'sometimes'; expected one of"),
+        ("test_behavior: build\nexecution_mode: watcher\n", "not available in Cosmos' stock 'watcher'"),
+    ],
+)
+def test_unknown_or_unsupported_test_behavior_is_a_clear_error(tmp_path: Path, platform: str, message: str):
+    from include.dbt_platform.factory import build_transformation_dag
+
+    project_dir = write_tiny_project(tmp_path, "tiny_bad_behavior")
+    (project_dir / "platform.yml").write_text(platform)
+    with pytest.raises(ValueError, match=message):
+        build_transformation_dag(load_project(project_dir))

@@ -22,11 +22,10 @@ def test_inventory_transforms_builds_the_marts(projects_dir: Path, warehouse):
     run, states = run_dag_test(dag)
 
     assert run.state == "success", states
-    # Every model ran as a task and so did its tests.
+    # Every model ran as a task, with its tests (the default test behavior, build).
     for model in MODELS:
-        assert states[f"{model}.run"] == "success"
-        assert states[f"{model}.test"] == "success"
-    assert states["raw_users_seed"] == states["raw_applications_seed"] == "success"
+        assert states[f"{model}_model_build"] == "success"
+    assert states["raw_users_seed_build"] == states["raw_applications_seed_build"] == "success"
 
     assert query(warehouse, f"select count(*) from {schema}.fct_users") == [(12,)]
     assert query(warehouse, f"select count(*) from {schema}.fct_applications") == [(10,)]
@@ -71,13 +70,12 @@ def test_duplicate_email_fails_at_the_stg_users_tests_and_a_fixed_rerun_succeeds
     run, states = run_dag_test(dag)
 
     assert run.state == "failed"
-    assert states["stg_users.run"] == "success"
-    assert states["stg_users.test"] == "failed"
+    assert states["stg_users_model_build"] == "failed", "its unique test failed"
     # Nothing downstream of the failing test ran.
-    for task_id in ("fct_users.run", "fct_users.test", "fct_applications.run", "fct_applications.test"):
+    for task_id in ("fct_users_model_build", "fct_applications_model_build"):
         assert states[task_id] == "upstream_failed", (task_id, states[task_id])
     # The independent branch is unaffected.
-    assert states["stg_applications.run"] == "success"
+    assert states["stg_applications_model_build"] == "success"
     assert query(
         warehouse,
         "select count(*) from information_schema.tables where table_schema = %s and table_name like 'fct_%%'",

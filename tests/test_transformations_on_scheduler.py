@@ -48,8 +48,10 @@ def test_every_node_runs_in_the_triggerer_and_the_marts_start_the_downstream_dag
 
     tis = task_instances(client, DAG_ID, run)
     nodes = {t: ti for t, ti in tis.items() if t != "dbt_producer_watcher"}
-    assert {t.rsplit(".", 1)[0] for t in nodes if t.endswith(".run")} == {
-        "stg_users", "stg_applications", "fct_users", "fct_applications"
+    # One task per model with its tests (test behavior build), one per seed.
+    assert set(nodes) == {
+        "raw_users_seed_build", "raw_applications_seed_build", "stg_users_model_build",
+        "stg_applications_model_build", "fct_users_model_build", "fct_applications_model_build",
     }  # fmt: skip
     assert all(ti["state"] == "success" for ti in nodes.values()), nodes
     # No worker process ran a node: they started and ended in the triggerer, on their first try.
@@ -120,19 +122,19 @@ def test_a_failed_model_fails_downstream_then_retries_on_a_worker_once_fixed(
     assert status == 200, body
 
     def needs_input_failed_once():
-        ti = task_instances(client, flaky_project, run).get("needs_input.run") or {}
+        ti = task_instances(client, flaky_project, run).get("needs_input_model_build") or {}
         return (ti.get("state") == "up_for_retry" or (ti.get("try_number") or 0) >= 2) and ti
 
-    wait_for(needs_input_failed_once, 240, "needs_input.run to fail its first try")
+    wait_for(needs_input_failed_once, 240, "needs_input_model_build to fail its first try")
     # Nodes off the failed path are not affected (their results may land a poll later).
     wait_for(
-        lambda: task_instances(client, flaky_project, run)["independent.run"]["state"] == "success",
+        lambda: task_instances(client, flaky_project, run)["independent_model_build"]["state"] == "success",
         60,
-        "independent.run to succeed",
+        "independent_model_build to succeed",
     )
     tis = task_instances(client, flaky_project, run)
-    assert tis["independent.run"]["try_number"] == 1
-    assert tis["after_input.run"]["state"] in ("up_for_retry", "scheduled", "deferred", "failed")
+    assert tis["independent_model_build"]["try_number"] == 1
+    assert tis["after_input_model_build"]["state"] in ("up_for_retry", "scheduled", "deferred", "failed")
 
     with warehouse.cursor() as cur:  # fix the cause: the input table appears
         cur.execute(f"create schema if not exists {flaky_project}_ext")
@@ -141,9 +143,12 @@ def test_a_failed_model_fails_downstream_then_retries_on_a_worker_once_fixed(
     final = client.wait_for_run(flaky_project, run, timeout=300)
     tis = task_instances(client, flaky_project, run)
     assert final["state"] == "success", {t: (ti["state"], ti["try_number"]) for t, ti in tis.items()}
-    assert tis["needs_input.run"]["try_number"] >= 2 and tis["needs_input.run"]["hostname"], (
+    assert tis["needs_input_model_build"]["try_number"] >= 2 and tis["needs_input_model_build"]["hostname"], (
         "the retry ran dbt for that model on a worker"
     )
-    assert tis["after_input.run"]["state"] == "success" and tis["after_input.run"]["try_number"] >= 2
-    assert tis["independent.run"]["try_number"] == 1
+    assert (
+        tis["after_input_model_build"]["state"] == "success"
+        and tis["after_input_model_build"]["try_number"] >= 2
+    )
+    assert tis["independent_model_build"]["try_number"] == 1
     assert query(warehouse, f"select id from {flaky_project}.after_input") == [(2,)]

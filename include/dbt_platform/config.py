@@ -46,6 +46,7 @@ class Settings:
     warehouse_conn_id: str
     platform_conn_id: str
     execution_mode: str
+    test_behavior: str
     watcher_poke_interval: float
     schedule: str | None
     dbt_threads: int
@@ -115,6 +116,7 @@ def get_settings() -> Settings:
         warehouse_conn_id=_env("DBT_PLATFORM_WAREHOUSE_CONN_ID", "warehouse"),
         platform_conn_id=_env("DBT_PLATFORM_PLATFORM_CONN_ID", "platform"),
         execution_mode=_env("DBT_PLATFORM_EXECUTION_MODE", "triggerer").lower(),
+        test_behavior=_env("DBT_PLATFORM_TEST_BEHAVIOR", "build").lower(),
         watcher_poke_interval=float(_env("DBT_PLATFORM_WATCHER_POKE_INTERVAL", "0.5")),
         schedule=None if schedule.lower() in {"none", "manual"} else schedule,
         dbt_threads=int(_env("DBT_PLATFORM_DBT_THREADS", "4")),

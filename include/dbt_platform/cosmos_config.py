@@ -19,6 +19,14 @@ EXECUTION_MODES = {
 }
 
 
+TEST_BEHAVIORS = {
+    # A model (seed, snapshot) and its tests are one task; run alone: `dbt build --select <node>`.
+    "build": TestBehavior.BUILD,
+    # A model's task, then a task running its tests (Cosmos' default).
+    "after_each": TestBehavior.AFTER_EACH,
+}
+
+
 def mode_of(project: DbtProject, settings: Settings) -> str:
     mode = project.execution_mode or settings.execution_mode
     if mode not in EXECUTION_MODES:
@@ -58,9 +66,28 @@ def execution_config(project: DbtProject, settings: Settings) -> ExecutionConfig
     )
 
 
-def render_config() -> RenderConfig:
+def test_behavior_of(project: DbtProject, settings: Settings) -> str:
+    behavior = project.test_behavior or settings.test_behavior
+    source = f"{project.path}/platform.yml" if project.test_behavior else "DBT_PLATFORM_TEST_BEHAVIOR"
+    if behavior not in TEST_BEHAVIORS:
+        raise ValueError(f"{source}: test behavior {behavior!r}; expected one of {sorted(TEST_BEHAVIORS)}")
+    if behavior == "build" and mode_of(project, settings) == "watcher":
+        raise ValueError(
+            f"{source}: test behavior 'build' is not available in Cosmos' stock 'watcher' mode; "
+            "use 'after_each', or the 'triggerer' mode"
+        )
+    return behavior
+
+
+def render_config(project: DbtProject, settings: Settings) -> RenderConfig:
+    from include.dbt_platform.cosmos_triggerer import BUILD_NODE_CONVERTERS
+
+    behavior = test_behavior_of(project, settings)
+    in_triggerer = mode_of(project, settings) == "triggerer"
     return RenderConfig(
         load_method=LoadMode.DBT_MANIFEST,
-        test_behavior=TestBehavior.AFTER_EACH,
+        test_behavior=TEST_BEHAVIORS[behavior],
         emit_datasets=True,
+        # Cosmos' WATCHER renders no build task; the triggerer mode brings its own.
+        node_converters=BUILD_NODE_CONVERTERS if behavior == "build" and in_triggerer else None,
     )

@@ -19,13 +19,18 @@ Here:
 - the producer also publishes every node's status in one aggregated XCom (at most twice a second),
   and one poller per DAG run in the triggerer reads it for all that run's consumers: two API calls
   per half second instead of one per consumer.
+- with test behavior ``build`` (the platform's default) a model, seed or snapshot and its tests are
+  one task (:class:`DbtBuildConsumerOperator`, rendered through ``RenderConfig.node_converters``):
+  it reports the node's result, then its tests' aggregated result. That halves the tasks Airflow
+  handles (102 instead of 202 for 100 models with a test each), which is most of the remaining cost.
 - a retried or cleared consumer (try 2+) waits for the producer and for its upstream tasks, then
   resumes on a worker and runs dbt for its node alone — Cosmos' own fallback (``execute_complete``).
   So a model that failed is retried once its upstream is fine (``retries`` of the DAG's default
   args), and the nodes downstream of it are retried after it. A node the build never reached
   (the build failed early) is not re-run node by node: the run fails and is triggered again.
 
-Wire it with :func:`run_consumers_in_triggerer` on a DAG rendered in ``ExecutionMode.WATCHER``.
+Wire it with :func:`run_consumers_in_triggerer` on a DAG rendered in ``ExecutionMode.WATCHER`` (with
+``TestBehavior.BUILD`` and ``node_converters=BUILD_NODE_CONVERTERS``, or ``TestBehavior.AFTER_EACH``).
 """
 
 from __future__ import annotations
@@ -43,11 +48,13 @@ from airflow.triggers.base import (
     TaskSuccessEvent,
     TriggerEvent,
 )
+from cosmos.constants import DbtResourceType
 from cosmos.listeners.dag_run_listener import EventStatus
 from cosmos.operators._watcher.aggregation import get_tests_status_xcom_key
 from cosmos.operators._watcher.base import BaseConsumerSensor
 from cosmos.operators._watcher.state import (
     PRODUCER_FINAL_STATES,
+    DbtTestStatus,
     ProducerTaskState,
     get_dbt_event_xcom_key,
     get_status_xcom_key,
@@ -57,7 +64,7 @@ from cosmos.operators._watcher.state import (
     xcom_set_lock,
 )
 from cosmos.operators._watcher.triggerer import WatcherEventReason, WatcherTrigger
-from cosmos.operators.watcher import DbtProducerWatcherOperator
+from cosmos.operators.watcher import DbtConsumerWatcherSensor, DbtProducerWatcherOperator
 
 TRIGGER_CLASSPATH = f"{__name__}.TaskEndingWatcherTrigger"
 AGGREGATE_XCOM_KEY = "dbt_platform_node_results"
@@ -137,6 +144,46 @@ class AggregatingProducerOperator(DbtProducerWatcherOperator):
             recorder.close()
 
 
+# ----------------------------------------------------------------------------- one task per node
+
+
+class DbtBuildConsumerOperator(DbtConsumerWatcherSensor):
+    """A dbt model, seed or snapshot *and its tests* as one task (Cosmos' ``TestBehavior.BUILD``).
+
+    In the triggerer it reports the node's result, then its tests' aggregated result, from the one
+    ``dbt build``. Run on a worker (a retry, a cleared task) it runs ``dbt build --select <node>``:
+    the node and its tests. Cosmos' WATCHER mode has no such task (its ``DbtBuildWatcherOperator``
+    raises); this mode renders it through ``RenderConfig.node_converters``.
+    """
+
+    base_cmd = ["build"]
+
+
+def _convert_to_build_consumer(*, dag, task_group, node, task_args, task_id, **_: Any):
+    from cosmos.airflow.graph import _get_dbt_dag_task_group_identifier
+
+    return DbtBuildConsumerOperator(
+        task_id=task_id,
+        dag=dag,
+        task_group=task_group,
+        owner=node.owner or task_args.get("owner", ""),
+        extra_context={
+            "dbt_node_config": node.context_dict,
+            "dbt_dag_task_group_identifier": _get_dbt_dag_task_group_identifier(dag, task_group),
+            "package_name": node.package_name,
+        },
+        **{k: v for k, v in task_args.items() if k != "owner"},
+    )
+
+
+# For RenderConfig(test_behavior=TestBehavior.BUILD, node_converters=BUILD_NODE_CONVERTERS).
+BUILD_NODE_CONVERTERS = {
+    DbtResourceType.MODEL: _convert_to_build_consumer,
+    DbtResourceType.SEED: _convert_to_build_consumer,
+    DbtResourceType.SNAPSHOT: _convert_to_build_consumer,
+}
+
+
 # ------------------------------------------------------------------------------------- triggerer
 
 
@@ -208,6 +255,7 @@ class TaskEndingWatcherTrigger(WatcherTrigger):
         poke_interval: float = 0.5,
         is_test_sensor: bool = False,
         upstream_task_ids: list[str] | None = None,
+        with_tests: bool = False,
     ) -> None:
         super().__init__(
             model_unique_id=model_unique_id,
@@ -219,6 +267,7 @@ class TaskEndingWatcherTrigger(WatcherTrigger):
             is_test_sensor=is_test_sensor,
         )
         self.upstream_task_ids = list(upstream_task_ids or [])
+        self.with_tests = with_tests  # a build task: the node, then its tests
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -232,6 +281,7 @@ class TaskEndingWatcherTrigger(WatcherTrigger):
                 "poke_interval": self.poke_interval,
                 "is_test_sensor": self.is_test_sensor,
                 "upstream_task_ids": self.upstream_task_ids,
+                "with_tests": self.with_tests,
             },
         )
 
@@ -243,7 +293,11 @@ class TaskEndingWatcherTrigger(WatcherTrigger):
 
     def _status_from(self, results: dict[str, Any]) -> str | None:
         value = results.get(self._status_key)
-        return value.get("status") if isinstance(value, dict) else value
+        status = value.get("status") if isinstance(value, dict) else value
+        if self.with_tests and is_dbt_node_status_success(status):
+            # The node is done; the task's outcome is its tests' (None until all have reported).
+            return results.get(get_tests_status_xcom_key(self.model_unique_id))
+        return status
 
     def _log_result_line(self, results: dict[str, Any]) -> None:
         event = results.get(get_dbt_event_xcom_key(self.model_unique_id))
@@ -274,6 +328,8 @@ class TaskEndingWatcherTrigger(WatcherTrigger):
             watch.release()
         self._log_result_line(watch.results)
         what = f"{'tests of ' if self.is_test_sensor else ''}{self.model_unique_id}"
+        if self.with_tests:
+            what += " and its tests"
         if is_dbt_node_status_success(status):
             self.log.info("dbt %s: %s (reported after %.1fs)", what, status, time.monotonic() - started)
             yield TaskSuccessEvent()
@@ -281,6 +337,8 @@ class TaskEndingWatcherTrigger(WatcherTrigger):
             self.log.info("dbt %s was skipped by dbt", what)
             yield TaskSkippedEvent()
         elif is_dbt_node_status_failed(status):
+            if self.with_tests and status == DbtTestStatus.FAIL:
+                what = f"{self.model_unique_id} succeeded, but one or more of its tests"
             self.log.error(
                 "dbt %s: %s. The task '%s' has dbt's full output.", what, status, self.producer_task_id
             )
@@ -346,6 +404,8 @@ def run_consumers_in_triggerer(dag, poke_interval: float = 0.5) -> int:
     from airflow.sdk import TriggerRule
 
     count = 0
+    producers = [t for t in dag.tasks if isinstance(t, DbtProducerWatcherOperator)]
+    tests_per_model = producers[0].tests_per_model if producers else {}
     for task in dag.tasks:
         if isinstance(task, DbtProducerWatcherOperator):
             # Cosmos has no hook to choose the producer's class: specialise the one it built.
@@ -365,6 +425,8 @@ def run_consumers_in_triggerer(dag, poke_interval: float = 0.5) -> int:
                 "poke_interval": poke_interval,
                 "is_test_sensor": task.is_test_sensor,
                 "upstream_task_ids": sorted(set(task.upstream_task_ids) - {task.producer_task_id}),
+                "with_tests": isinstance(task, DbtBuildConsumerOperator)
+                and bool(tests_per_model.get(task.model_unique_id)),
             },
             next_method="execute_complete",
             next_kwargs=None,

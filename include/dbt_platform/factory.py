@@ -24,11 +24,16 @@ log = logging.getLogger(__name__)
 START_DATE = datetime(2024, 1, 1, tzinfo=UTC)
 
 
-def dag_doc(project: DbtProject) -> str:
+def dag_doc(project: DbtProject, test_behavior: str) -> str:
+    tasks = (
+        "Each dbt model (seed, snapshot) and its tests are one task; "
+        if test_behavior == "build"
+        else "Each dbt model is a task followed by a task running its tests; "
+    )
     return (
         f"# dbt project `{project.name}`\n\n"
         f"{project.description or 'Transformations of the dbt project at'} `{project.path}`.\n\n"
-        "Each dbt model is a task followed by a task running its tests; seeds load first. "
+        f"{tasks}seeds load first. "
         f"dbt runs against Airflow connection `{project.conn_id}`, schema `{project.schema}`. "
         "Models emit Airflow assets, so downstream DAGs can be scheduled on them.\n\n"
         "Rendered by astronomer-cosmos from the project's manifest "
@@ -44,13 +49,13 @@ def build_transformation_dag(project: DbtProject, settings: Settings | None = No
         project_config=cosmos_config.project_config(project),
         profile_config=cosmos_config.profile_config(project, settings),
         execution_config=cosmos_config.execution_config(project, settings),
-        render_config=cosmos_config.render_config(),
+        render_config=cosmos_config.render_config(project, settings),
         operator_args={"install_deps": False},
         schedule=project.schedule,
         start_date=START_DATE,
         catchup=False,
         max_active_runs=1,
-        doc_md=dag_doc(project),
+        doc_md=dag_doc(project, cosmos_config.test_behavior_of(project, settings)),
         tags=["dbt", "transformations", *project.tags],
         default_args={
             "owner": project.owner,
@@ -68,16 +73,20 @@ def build_transformation_dag(project: DbtProject, settings: Settings | None = No
 def declare_model_assets(dag: DbtDag, project: DbtProject) -> None:
     """Give every model a stable asset (:func:`assets.model_asset`), emitted when it is refreshed.
 
-    LOCAL: each model's run task carries its model's asset. Triggerer mode: node tasks end in the
+    LOCAL: each model's run (or build) task carries its model's asset. Triggerer mode: node tasks end in the
     triggerer, where Airflow emits no asset events, so the producer (the one ``dbt build``) carries
     them all and emits them when the build succeeds.
     """
+    from cosmos.operators.local import DbtBuildLocalOperator, DbtRunLocalOperator
     from cosmos.operators.watcher import DbtProducerWatcherOperator
 
     models = {}
     for task in dag.tasks:
         node = (getattr(task, "extra_context", None) or {}).get("dbt_node_config") or {}
-        if node.get("resource_type") == "model" and task.task_id.endswith(".run"):
+        # A model's run or build task; its tests' task carries the same node.
+        if node.get("resource_type") == "model" and isinstance(
+            task, (DbtRunLocalOperator, DbtBuildLocalOperator)
+        ):
             models[node["unique_id"]] = task
     outlets = {uid: model_asset(project.name, uid.split(".")[-1]) for uid in models}
     producers = [t for t in dag.tasks if isinstance(t, DbtProducerWatcherOperator)]

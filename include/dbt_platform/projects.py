@@ -37,6 +37,7 @@ class DbtProject:
     tags: tuple[str, ...] = field(default_factory=tuple)
     description: str = ""
     execution_mode: str | None = None  # None: the platform default (DBT_PLATFORM_EXECUTION_MODE)
+    test_behavior: str | None = None  # None: the platform default (DBT_PLATFORM_TEST_BEHAVIOR)
 
     @property
     def manifest_path(self) -> Path:
@@ -74,6 +75,7 @@ def load_project(path: Path, settings: Settings | None = None) -> DbtProject:
         tags=tuple(platform.get("tags") or ()),
         description=str(platform.get("description") or ""),
         execution_mode=str(platform["execution_mode"]).lower() if platform.get("execution_mode") else None,
+        test_behavior=str(platform["test_behavior"]).lower() if platform.get("test_behavior") else None,
     )
 
 
