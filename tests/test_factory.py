@@ -143,3 +143,16 @@ def test_unknown_or_unsupported_test_behavior_is_a_clear_error(tmp_path: Path, p
     (project_dir / "platform.yml").write_text(platform)
     with pytest.raises(ValueError, match=message):
         build_transformation_dag(load_project(project_dir))
+
+
+def test_a_task_process_renders_only_its_own_dag(projects_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    from include.dbt_platform.factory import build_transformation_dags
+
+    for name in ("first_project", "second_project"):
+        build_manifest(write_tiny_project(projects_dir, name))
+    assert set(build_transformation_dags()) == {"first_project", "second_project"}
+    # Airflow sets the parsing context when a task process parses the file for one DAG's task.
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", "second_project")
+    assert set(build_transformation_dags()) == {"second_project"}
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", "some_other_dag")
+    assert set(build_transformation_dags()) == {"first_project", "second_project"}

@@ -99,9 +99,17 @@ def declare_model_assets(dag: DbtDag, project: DbtProject) -> None:
 
 def build_transformation_dags(settings: Settings | None = None) -> dict[str, DbtDag]:
     """Build the DAG of every loadable project. Unloadable ones are reported by the other DAG file."""
+    from airflow.sdk import get_parsing_context
+
     settings = settings or get_settings()
+    projects = discover(settings).projects
+    # A task process parses this file only to run one DAG's task: render just that DAG (Airflow's
+    # parsing context). The dag-processor has no DAG id in its context and renders them all.
+    wanted = get_parsing_context().dag_id
+    if wanted is not None and any(p.name == wanted for p in projects):
+        projects = [p for p in projects if p.name == wanted]
     dags: dict[str, DbtDag] = {}
-    for project in discover(settings).projects:
+    for project in projects:
         try:
             dags[project.name] = build_transformation_dag(project, settings)
         except Exception:  # one project's Cosmos error must not take the others down
