@@ -25,7 +25,6 @@ from tests.conftest import STACK, TARGET, query
 from tests.saga_support import admin, inventory, journal, request, undo_completed_sagas, uniq
 
 STEPS = [s.name for s in project_saga.definition().steps]
-EFFECT_STEPS = STEPS[1:]  # validate_request has no side effect
 
 
 @pytest.fixture(scope="module")
@@ -150,9 +149,9 @@ def assert_no_secrets(passwords: list[str]) -> None:
         assert not any(password in log for log in logs), "password found in a task log"
 
 
-@pytest.mark.parametrize("step", EFFECT_STEPS)
+@pytest.mark.parametrize("step", STEPS)
 def test_permanent_fault_in_any_step_compensates_everything(saga_dag, step):
-    name = f"perm_{EFFECT_STEPS.index(step)}"
+    name = f"perm_{STEPS.index(step)}"
     before = inventory()
     run, states, saga_id = run_saga(
         saga_dag, request(name, fault_injection={"step": step, "mode": "permanent"})
@@ -167,12 +166,12 @@ def test_permanent_fault_in_any_step_compensates_everything(saga_dag, step):
     assert inventory() == before
 
 
-@pytest.mark.parametrize("step", EFFECT_STEPS)
+@pytest.mark.parametrize("step", STEPS)
 def test_transient_fault_in_any_step_retries_then_completes(saga_dag, step):
     run, states, saga_id = run_saga(
         saga_dag,
         request(
-            uniq(f"transient_{EFFECT_STEPS.index(step)}"),
+            uniq(f"transient_{STEPS.index(step)}"),
             environments=["dev"],
             fault_injection={"step": step, "mode": "transient", "times": 2},
         ),
