@@ -83,11 +83,16 @@ def render_config(project: DbtProject, settings: Settings) -> RenderConfig:
     from include.dbt_platform.cosmos_triggerer import BUILD_NODE_CONVERTERS
 
     behavior = test_behavior_of(project, settings)
-    in_triggerer = mode_of(project, settings) == "triggerer"
+    mode = mode_of(project, settings)
+    in_triggerer = mode == "triggerer"
     return RenderConfig(
         load_method=LoadMode.DBT_MANIFEST,
         test_behavior=TEST_BEHAVIORS[behavior],
         emit_datasets=True,
+        # LOCAL runs dbt per node: a test of two models (relationships) run with one of them would
+        # fail while the other is not built yet. It gets its own task, after both. (One dbt build in
+        # the watcher modes orders it itself.)
+        should_detach_multiple_parents_tests=mode == "local",
         # Cosmos' WATCHER renders no build task; the triggerer mode brings its own.
         node_converters=BUILD_NODE_CONVERTERS if behavior == "build" and in_triggerer else None,
     )
