@@ -159,20 +159,24 @@ class DbtBuildConsumerOperator(DbtConsumerWatcherSensor):
     base_cmd = ["build"]
 
 
-def _convert_to_build_consumer(*, dag, task_group, node, task_args, task_id, **_: Any):
+def _convert_to_build_consumer(
+    *, dag, task_group, node, task_args, task_id, enable_owner_inheritance: bool = True, **_: Any
+):
     from cosmos.airflow.graph import _get_dbt_dag_task_group_identifier
 
+    kwargs = dict(task_args)
+    if node.owner and enable_owner_inheritance:  # as Cosmos does: else the DAG's default owner
+        kwargs["owner"] = node.owner
     return DbtBuildConsumerOperator(
         task_id=task_id,
         dag=dag,
         task_group=task_group,
-        owner=node.owner or task_args.get("owner", ""),
         extra_context={
             "dbt_node_config": node.context_dict,
             "dbt_dag_task_group_identifier": _get_dbt_dag_task_group_identifier(dag, task_group),
             "package_name": node.package_name,
         },
-        **{k: v for k, v in task_args.items() if k != "owner"},
+        **kwargs,
     )
 
 

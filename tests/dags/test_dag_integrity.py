@@ -92,5 +92,6 @@ def test_dag_has_tags_owner_retries_docs(isolated_dagbag, dag_id):
     assert dag["tags"], f"{dag_id} has no tags"
     assert dag["doc_md"], f"{dag_id} has no doc_md"
     assert "airflow" not in dag["owners"], f"{dag_id} keeps Airflow's default owner"
+    assert all(dag["owners"]), f"{dag_id} has tasks without an owner"
     assert min(dag["retries"]) >= 1, f"{dag_id} has tasks without retries"
     assert dag["catchup"] is False
