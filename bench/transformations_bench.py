@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -61,19 +62,25 @@ def _children() -> dict[int, list[int]]:
     return tree
 
 
+def _tree(roots: list[int]) -> Iterator[int]:
+    """These processes and all their descendants, each once."""
+    children, seen, stack = _children(), set(), list(roots)
+    while stack:
+        pid = stack.pop()
+        if pid not in seen:
+            seen.add(pid)
+            stack.extend(children.get(pid, []))
+            yield pid
+
+
 def tree_pss_mb(roots: list[int]) -> float:
     """Proportional set size of these processes and all their descendants, in MiB.
 
     PSS splits pages shared between processes (forked workers share most of theirs) among them, so
     the sum is the memory the tree really holds; summing RSS would count shared pages many times.
     """
-    tree, seen, stack, total = _children(), set(), list(roots), 0
-    while stack:
-        pid = stack.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        stack.extend(tree.get(pid, []))
+    total = 0
+    for pid in _tree(roots):
         try:
             with open(f"/proc/{pid}/smaps_rollup") as fh:
                 for line in fh:
@@ -90,13 +97,8 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 def tree_cpu_s(root: int) -> float:
     """CPU seconds used so far by a process tree: each live process's own time and that of the
     children it has reaped (a forked DAG-file parser, a finished task process)."""
-    tree, seen, stack, total = _children(), set(), [root], 0
-    while stack:
-        pid = stack.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        stack.extend(tree.get(pid, []))
+    total = 0
+    for pid in _tree([root]):
         try:
             with open(f"/proc/{pid}/stat") as fh:
                 fields = fh.read().rsplit(")", 1)[1].split()
