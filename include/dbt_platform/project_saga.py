@@ -26,7 +26,7 @@ from psycopg2 import sql
 from psycopg2.extensions import make_dsn, parse_dsn
 
 from include.dbt_platform.adapters import git_repo
-from include.dbt_platform.adapters.postgres import Postgres, ident, marker
+from include.dbt_platform.adapters.postgres import Postgres, connection_params, ident, marker
 from include.dbt_platform.adapters.secrets_store import ConnectionStore
 from include.dbt_platform.config import get_settings
 from include.dbt_platform.project_request import (
@@ -46,16 +46,8 @@ SAGA_NAME = "dbt_project_create"
 
 
 def platform_dsn() -> str:
-    from airflow.sdk import BaseHook
-
-    conn = BaseHook.get_connection(get_settings().platform_conn_id)
-    return make_dsn(
-        host=conn.host,
-        port=conn.port or 5432,
-        user=conn.login,
-        password=conn.password,
-        dbname=conn.schema or "platform",
-    )
+    params = connection_params(get_settings().platform_conn_id)
+    return make_dsn(**{**params, "dbname": params["dbname"] or "platform"})
 
 
 def postgres() -> Postgres:
