@@ -79,12 +79,10 @@ def test_behavior_of(project: DbtProject, settings: Settings) -> str:
     return behavior
 
 
-def render_config(project: DbtProject, settings: Settings) -> RenderConfig:
+def render_config(mode: str, behavior: str) -> RenderConfig:
+    """For a project's :func:`mode_of` and :func:`test_behavior_of`."""
     from include.dbt_platform.cosmos_triggerer import BUILD_NODE_CONVERTERS
 
-    behavior = test_behavior_of(project, settings)
-    mode = mode_of(project, settings)
-    in_triggerer = mode == "triggerer"
     return RenderConfig(
         load_method=LoadMode.DBT_MANIFEST,
         test_behavior=TEST_BEHAVIORS[behavior],
@@ -94,5 +92,5 @@ def render_config(project: DbtProject, settings: Settings) -> RenderConfig:
         # the watcher modes orders it itself.)
         should_detach_multiple_parents_tests=mode == "local",
         # Cosmos' WATCHER renders no build task; the triggerer mode brings its own.
-        node_converters=BUILD_NODE_CONVERTERS if behavior == "build" and in_triggerer else None,
+        node_converters=BUILD_NODE_CONVERTERS if behavior == "build" and mode == "triggerer" else None,
     )

@@ -44,18 +44,19 @@ def dag_doc(project: DbtProject, test_behavior: str) -> str:
 def build_transformation_dag(project: DbtProject, settings: Settings | None = None) -> DbtDag:
     settings = settings or get_settings()
     mode = cosmos_config.mode_of(project, settings)
+    behavior = cosmos_config.test_behavior_of(project, settings)
     dag = DbtDag(
         dag_id=project.name,
         project_config=cosmos_config.project_config(project),
         profile_config=cosmos_config.profile_config(project, settings),
         execution_config=cosmos_config.execution_config(project, settings),
-        render_config=cosmos_config.render_config(project, settings),
+        render_config=cosmos_config.render_config(mode, behavior),
         operator_args={"install_deps": False},
         schedule=project.schedule,
         start_date=START_DATE,
         catchup=False,
         max_active_runs=1,
-        doc_md=dag_doc(project, cosmos_config.test_behavior_of(project, settings)),
+        doc_md=dag_doc(project, behavior),
         tags=["dbt", "transformations", *project.tags],
         default_args={
             "owner": project.owner,
