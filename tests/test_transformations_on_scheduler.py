@@ -8,6 +8,7 @@ automatic retry (on a worker) succeeds once the cause is fixed, followed by its 
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from datetime import datetime
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LIVE_PROJECTS_DIR, query, wait_for
+from include.dbt_platform import devstack
+from tests.conftest import LIVE_PROJECTS_DIR, LIVE_TARGET, STACK, query, wait_for
 
 DAG_ID = "inventory_transforms"
 FLAKY = "flaky_transforms"
@@ -152,3 +154,23 @@ def test_a_failed_model_fails_downstream_then_retries_on_a_worker_once_fixed(
     )
     assert tis["independent_model_build"]["try_number"] == 1
     assert query(warehouse, f"select id from {flaky_project}.after_input") == [(2,)]
+
+
+def test_components_off_the_critical_path_yield_the_cpu_to_the_tasks(live_airflow):
+    """The build runs in the scheduler's process tree (LocalExecutor); the dag-processor and the
+    triggerer run at a lower priority, also between sessions (Linux autogroups), where a plain
+    ``nice`` has no effect."""
+    pids = {c: devstack.component_pid(STACK, LIVE_TARGET, c) for c in devstack.AIRFLOW_COMPONENTS}
+    assert all(pids.values()), pids
+    assert devstack.COMPONENT_NICENESS, "nothing is deprioritised"
+    groups = set()
+    for component, pid in pids.items():
+        expected = devstack.COMPONENT_NICENESS.get(component, 0)
+        assert os.getpriority(os.PRIO_PROCESS, pid) == expected, component
+        autogroup = Path(f"/proc/{pid}/autogroup")
+        if autogroup.exists():  # "/autogroup-<id> nice <n>"
+            group, _, nice = autogroup.read_text().split()
+            assert int(nice) == expected, (component, group, nice)
+            groups.add(group)
+    if groups:  # each component leads its own session, hence its own group
+        assert len(groups) == len(pids)
