@@ -89,6 +89,7 @@ class _RecordingTaskInstance:
         self._ti, self._interval = ti, interval
         self._results: dict[str, Any] = {}
         self._dirty = False
+        self._pushing = threading.Lock()
         self._stop = threading.Event()
         self._flusher = threading.Thread(target=self._flush_periodically, daemon=True)
         self._flusher.start()
@@ -113,10 +114,13 @@ class _RecordingTaskInstance:
         self._dirty = True
 
     def flush(self) -> None:
-        with xcom_set_lock:
-            if not self._dirty:
-                return
-            snapshot, self._dirty = dict(self._results), False
+        # Snapshot under Cosmos' lock, push outside it: dbt's threads take that lock for every node
+        # event and must not wait on an API round trip.
+        with self._pushing:
+            with xcom_set_lock:
+                if not self._dirty:
+                    return
+                snapshot, self._dirty = dict(self._results), False
             self._ti.xcom_push(key=AGGREGATE_XCOM_KEY, value=snapshot)
 
     def _flush_periodically(self) -> None:
