@@ -228,8 +228,10 @@ class _RunWatch:
                     state = await trigger._get_producer_task_status()
                     # Read the results after the state: a final state then comes with final results.
                     results = await trigger.get_xcom_val(AGGREGATE_XCOM_KEY)
-                except Exception:  # noqa: BLE001 - an API hiccup must not strand the run's tasks
-                    trigger.log.warning("reading the build's results failed; retrying", exc_info=True)
+                except Exception as exc:  # noqa: BLE001 - an API hiccup must not strand the run's tasks
+                    await trigger._say(
+                        "warning", "reading the build's results failed; retrying", exc_info=exc
+                    )
                     await asyncio.sleep(max(trigger.poke_interval, 1.0))
                     continue
                 async with self.changed:
@@ -307,10 +309,29 @@ class TaskEndingWatcherTrigger(WatcherTrigger):
             return results.get(get_tests_status_xcom_key(self.model_unique_id))
         return status
 
-    def _log_result_line(self, results: dict[str, Any]) -> None:
+    async def _say(self, level: str, msg: str, *args: Any, **kwargs: Any) -> None:
+        """Log without ever blocking the triggerer's event loop.
+
+        A trigger's log lines go to the triggerer's supervisor process through a socket, and a plain
+        ``self.log.info`` in ``run()`` writes to it from the event loop. The supervisor reads that
+        socket only between messages, and it sends new triggers to this process as one message (with
+        ``start_from_trigger``, each carries the whole serialised DAG: tens of MB for a few hundred
+        tasks), which the event loop reads. If the log socket fills while such a message is in
+        flight, each side waits for the other for ever: the triggerer stops, and every deferred task
+        of every DAG with it (seen here with 201 consumers). So the write happens in a worker
+        thread, as Airflow's own ``ainfo`` does, and the event loop keeps reading.
+        """
+        await asyncio.to_thread(getattr(self.log, level), msg, *args, **kwargs)
+
+    async def get_xcom_val(self, key: str) -> Any | None:
+        # Cosmos' version logs every read at INFO from the event loop (see _say); the poller reads
+        # twice a second.
+        return await self.get_xcom_val_af3(key)
+
+    async def _log_result_line(self, results: dict[str, Any]) -> None:
         event = results.get(get_dbt_event_xcom_key(self.model_unique_id))
         if isinstance(event, dict) and event.get("msg"):
-            self.log.info("dbt: %s", event["msg"])
+            await self._say("info", "dbt: %s", event["msg"])
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         ti = self.task_instance
@@ -334,31 +355,40 @@ class TaskEndingWatcherTrigger(WatcherTrigger):
                 await watch.wait()
         finally:
             watch.release()
-        self._log_result_line(watch.results)
+        await self._log_result_line(watch.results)
         what = f"{'tests of ' if self.is_test_sensor else ''}{self.model_unique_id}"
         if self.with_tests:
             what += " and its tests"
         if is_dbt_node_status_success(status):
-            self.log.info("dbt %s: %s (reported after %.1fs)", what, status, time.monotonic() - started)
+            await self._say(
+                "info", "dbt %s: %s (reported after %.1fs)", what, status, time.monotonic() - started
+            )
             yield TaskSuccessEvent()
         elif is_dbt_node_status_skipped(status):
-            self.log.info("dbt %s was skipped by dbt", what)
+            await self._say("info", "dbt %s was skipped by dbt", what)
             yield TaskSkippedEvent()
         elif is_dbt_node_status_failed(status):
             if self.with_tests and status == DbtTestStatus.FAIL:
                 what = f"{self.model_unique_id} succeeded, but one or more of its tests"
-            self.log.error(
-                "dbt %s: %s. The task '%s' has dbt's full output.", what, status, self.producer_task_id
+            await self._say(
+                "error",
+                "dbt %s: %s. The task '%s' has dbt's full output.",
+                what,
+                status,
+                self.producer_task_id,
             )
             yield TaskFailedEvent()
         elif producer == ProducerTaskState.SUCCESS:
-            self.log.info("dbt %s was not part of this build (ephemeral or empty): nothing to do", what)
+            await self._say(
+                "info", "dbt %s was not part of this build (ephemeral or empty): nothing to do", what
+            )
             yield TaskSuccessEvent()
         elif producer == ProducerTaskState.SKIPPED:
             # The producer skipped itself (a re-run of the whole DAG run): run this node on a worker.
             yield TriggerEvent({"status": EventStatus.FAILED, "reason": WatcherEventReason.PRODUCER_SKIPPED})
         else:
-            self.log.error(
+            await self._say(
+                "error",
                 "dbt %s: the build in '%s' ended %s before reporting it; see that task's log.",
                 what,
                 self.producer_task_id,
@@ -385,7 +415,8 @@ class TaskEndingWatcherTrigger(WatcherTrigger):
             if self._status_from(results) is None:
                 # dbt never reached this node (the build failed early, e.g. the database was down):
                 # re-running every node alone would start one worker per node. Re-run the DAG instead.
-                self.log.error(
+                await self._say(
+                    "error",
                     "Not re-running %s: the build in '%s' failed before reaching it. Fix the cause and "
                     "trigger the DAG again (or clear '%s' with its downstream tasks).",
                     self.model_unique_id,
@@ -396,14 +427,15 @@ class TaskEndingWatcherTrigger(WatcherTrigger):
                 return
         failed = [t for t in self.upstream_task_ids if states.get(t) in {"failed", "upstream_failed"}]
         if failed:
-            self.log.error(
+            await self._say(
+                "error",
                 "Not re-running %s: upstream task(s) %s failed; re-run them first.",
                 self.model_unique_id,
                 failed,
             )
             yield TaskFailedEvent()
             return
-        self.log.info("Re-running dbt for %s on a worker", self.model_unique_id)
+        await self._say("info", "Re-running dbt for %s on a worker", self.model_unique_id)
         yield TriggerEvent({"status": EventStatus.FAILED, "reason": WatcherEventReason.PRODUCER_SKIPPED})
 
 

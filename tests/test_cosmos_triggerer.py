@@ -1,0 +1,103 @@
+"""The consumer trigger must never block the triggerer's event loop on a log write.
+
+In the triggerer a trigger's log lines go to the supervisor process through a socket; the supervisor
+reads it only between messages, and it sends new ``start_from_trigger`` triggers to the runner as one
+large message that the runner's event loop reads. A log write made from the event loop while that
+message is in flight waited for ever (seen in the benchmark: 201 consumers, every deferred task
+stuck). Here the log sink behaves like that socket: a write waits until the event loop has run
+(standing for "the runner read the supervisor's message, so the supervisor drains the logs"), and
+gives up after a few seconds, recording a deadlock. The build's results are handed to the trigger
+directly instead of through the Execution API: what is under test is the trigger's own loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from airflow.triggers.base import TaskFailedEvent, TaskSuccessEvent
+from cosmos.operators._watcher.state import get_dbt_event_xcom_key, get_status_xcom_key
+
+from include.dbt_platform.cosmos_triggerer import AGGREGATE_XCOM_KEY, TaskEndingWatcherTrigger
+
+NODE = "model.shop.orders"
+
+
+class SocketLikeLog:
+    """A log whose writes wait until the event loop sets ``drained``, as a full socket would."""
+
+    def __init__(self) -> None:
+        self.drained = threading.Event()
+        self.lines: list[tuple[str, str]] = []
+        self.loop_thread: int | None = None
+        self.written_from_loop = 0
+        self.deadlocked = False
+
+    def _write(self, level: str, msg: str, *args, **_kwargs) -> None:
+        if threading.get_ident() == self.loop_thread:
+            self.written_from_loop += 1
+        if not self.drained.wait(timeout=3):
+            self.deadlocked = True
+        self.lines.append((level, msg % args if args else msg))
+
+    def info(self, msg, *args, **kwargs):
+        self._write("info", msg, *args, **kwargs)
+
+    def warning(self, msg, *args, **kwargs):
+        self._write("warning", msg, *args, **kwargs)
+
+    def error(self, msg, *args, **kwargs):
+        self._write("error", msg, *args, **kwargs)
+
+
+def run_trigger(node_status: str) -> tuple[list, SocketLikeLog]:
+    trigger = TaskEndingWatcherTrigger(
+        model_unique_id=NODE, producer_task_id="dbt_producer_watcher", dag_id="shop", run_id="r1"
+    )
+    trigger.task_instance = None
+    log = trigger._log = SocketLikeLog()  # what LoggingMixin.log returns
+    results = {
+        get_status_xcom_key(NODE): {"status": node_status},
+        get_dbt_event_xcom_key(NODE): {"msg": f"1 of 1 OK created sql view model shop.orders ({node_status})"},
+    }
+    reads: list[str] = []
+
+    async def producer_state() -> str:
+        return "success"
+
+    async def xcom(key: str):
+        reads.append(key)
+        return results if key == AGGREGATE_XCOM_KEY else None
+
+    trigger._get_producer_task_status = producer_state
+    trigger.get_xcom_val = xcom
+
+    async def scenario() -> list:
+        log.loop_thread = threading.get_ident()
+
+        async def read_supervisor_message() -> None:
+            await asyncio.sleep(0.3)  # the event loop is free: the message gets read, logs drain
+            log.drained.set()
+
+        reader = asyncio.create_task(read_supervisor_message())
+        events = [event async for event in trigger.run()]
+        await reader
+        return events
+
+    events = asyncio.run(asyncio.wait_for(scenario(), timeout=30))
+    assert reads == [AGGREGATE_XCOM_KEY], "one poller read for the run's results"
+    return events, log
+
+
+@pytest.mark.parametrize(("status", "event_type"), [("success", TaskSuccessEvent), ("error", TaskFailedEvent)])
+def test_consumer_logs_its_result_without_blocking_the_event_loop(status, event_type):
+    events, log = run_trigger(status)
+    assert [type(e) for e in events] == [event_type]
+    assert not log.deadlocked, "a log write waited on a sink only the event loop could drain"
+    assert log.written_from_loop == 0
+    # The user still gets the node's dbt line and its outcome in the task's log.
+    assert log.lines[0] == ("info", f"dbt: 1 of 1 OK created sql view model shop.orders ({status})")
+    level, text = log.lines[1]
+    assert NODE in text and status in text
+    assert level == ("info" if status == "success" else "error")
