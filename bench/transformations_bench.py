@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -45,6 +46,7 @@ MODES = {
     "local": ("local", "after_each"),
     "watcher": ("watcher", "after_each"),
 }
+FAST_MODES = {"triggerer", "after_each"}
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -252,19 +254,11 @@ def component_pids(stack, target) -> dict[str, int]:
     return {c: pid for c, pid in pids.items() if pid}
 
 
-def dag_run(client, dag_id: str, stack, target) -> dict:
-    run_id = f"bench__{time.strftime('%Y%m%dT%H%M%S')}"
-    status, body = client.trigger(dag_id, run_id)
-    if status != 200:
-        raise SystemExit(f"triggering {dag_id}: HTTP {status} {body}")
-    components = component_pids(stack, target)
-    cpu_before = {c: tree_cpu_s(pid) for c, pid in components.items()}
-    with PeakMemory(lambda: list(components.values())) as mem:
-        while True:
-            _, run = client.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
-            if run.get("state") in {"success", "failed"}:
-                break
-            time.sleep(0.5)
+class RunDidNotFinish(Exception):
+    """A DAG run still unfinished after its time limit: a hang, reported instead of waited on."""
+
+
+def task_instances(client, dag_id: str, run_id: str) -> list[dict]:
     tis: list[dict] = []
     while True:  # the API returns at most [api] maximum_page_limit (100) rows per page
         _, body = client.request(
@@ -273,7 +267,29 @@ def dag_run(client, dag_id: str, stack, target) -> dict:
         page = body.get("task_instances", [])
         tis += page
         if not page or len(tis) >= body.get("total_entries", 0):
-            break
+            return tis
+
+
+def dag_run(client, dag_id: str, stack, target, timeout: float) -> dict:
+    run_id = f"bench__{time.strftime('%Y%m%dT%H%M%S')}"
+    status, body = client.trigger(dag_id, run_id)
+    if status != 200:
+        raise SystemExit(f"triggering {dag_id}: HTTP {status} {body}")
+    components = component_pids(stack, target)
+    cpu_before = {c: tree_cpu_s(pid) for c, pid in components.items()}
+    deadline = time.monotonic() + timeout
+    with PeakMemory(lambda: list(components.values())) as mem:
+        while True:
+            _, run = client.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
+            if run.get("state") in {"success", "failed"}:
+                break
+            if time.monotonic() > deadline:
+                states = Counter(t["state"] for t in task_instances(client, dag_id, run_id))
+                raise RunDidNotFinish(
+                    f"{dag_id} run {run_id} unfinished after {timeout:.0f}s; task states: {dict(states)}"
+                )
+            time.sleep(0.5)
+    tis = task_instances(client, dag_id, run_id)
     # CPU seconds each component's process tree used during the run (the scheduler's includes the
     # LocalExecutor's task processes; the dag-processor's, its DAG-file parses).
     cpu = {c: tree_cpu_s(pid) - cpu_before[c] for c, pid in components.items()}
@@ -331,6 +347,13 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         metavar="AIRFLOW__SECTION__KEY=VALUE",
         help="an Airflow setting for the bench Airflow (repeatable), to measure a setting's effect",
+    )
+    parser.add_argument(
+        "--hang-after",
+        type=float,
+        default=10.0,
+        help="a DAG run unfinished after this many times its dbt build (LOCAL and watcher: 10 times "
+        "more), and at least 5 minutes, counts as hung: reported, and the benchmark stops",
     )
     parser.add_argument("--keep-running", action="store_true", help="leave the bench Airflow running")
     args = parser.parse_args(argv)
@@ -398,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     if overrides:
         print(f"   Airflow settings changed for this run: {overrides}", flush=True)
     results: dict[str, list[dict]] = {m: [] for m in modes}
+    hung: str | None = None
     warmed: list[dict] = []  # the first run after Airflow starts pays one-time costs; shown, not counted
     try:
         devstack.wait_healthy(stack, target)
@@ -416,7 +440,13 @@ def main(argv: list[str] | None = None) -> int:
                 build_cpu = sum(tree_cpu_s(pid) - cpu_before[c] for c, pid in pids.items())
                 if not ok:
                     raise SystemExit("dbt build of the generated project failed")
-                run = dag_run(client, f"bench_{mode}", stack, target)
+                limit = max(300.0, args.hang_after * build_wall * (1 if mode in FAST_MODES else 10))
+                try:
+                    run = dag_run(client, f"bench_{mode}", stack, target, limit)
+                except RunDidNotFinish as exc:
+                    hung = str(exc)
+                    print(f"   HUNG: {hung}", flush=True)
+                    break
                 run.update(build=build_wall, build_mb=build_mb, ratio=run["wall"] / build_wall)
                 label = "warm-up" if i < warmups else f"run {i - warmups + 1}"
                 (warmed if i < warmups else results[mode]).append(run)
@@ -439,6 +469,8 @@ def main(argv: list[str] | None = None) -> int:
                         "     phases: " + ", ".join(f"{k} {v:.1f}s" for k, v in run["phases"].items()),
                         flush=True,
                     )
+            if hung:
+                break
     finally:
         if not args.keep_running:
             devstack.stop_airflow(stack, target)
@@ -450,17 +482,23 @@ def main(argv: list[str] | None = None) -> int:
         f"{m}={statistics.median(r['wall'] for r in results[m]):.1f}s"
         f"({statistics.median(r['ratio'] for r in results[m]):.2f}x)"
         for m in modes[1:]
+        if results[m]
     )
     if warmed:
         extra = f"warmup={warmed[0]['wall']:.1f}s({warmed[0]['ratio']:.2f}x) {extra}"
-    print(
-        f"SUMMARY models={n} dbt_build={statistics.median(r['build'] for r in fast):.1f}s "
+    timing = (
+        f"dbt_build={statistics.median(r['build'] for r in fast):.1f}s "
         f"cosmos_triggerer={statistics.median(r['wall'] for r in fast):.1f}s "
         f"ratio={statistics.median(ratios):.2f}x (max {max(ratios):.2f}x) "
-        f"spurious_failures={spurious} in {len(fast) + len(warmed)} runs "
-        f"dbt_parse={parse_s:.1f}s dag_render={render_s:.2f}s {extra}".rstrip()
+        if fast
+        else ""
     )
-    return 0 if all(r["state"] == "success" for rs in results.values() for r in rs) else 1
+    print(
+        f"SUMMARY models={n} {timing}spurious_failures={spurious} in {len(fast) + len(warmed)} runs "
+        f"hung_runs={1 if hung else 0} dbt_parse={parse_s:.1f}s dag_render={render_s:.2f}s {extra}".rstrip()
+    )
+    ok = not hung and all(r["state"] == "success" for rs in results.values() for r in rs)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
