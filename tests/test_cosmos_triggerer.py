@@ -59,7 +59,9 @@ def run_trigger(node_status: str) -> tuple[list, SocketLikeLog]:
     log = trigger._log = SocketLikeLog()  # what LoggingMixin.log returns
     results = {
         get_status_xcom_key(NODE): {"status": node_status},
-        get_dbt_event_xcom_key(NODE): {"msg": f"1 of 1 OK created sql view model shop.orders ({node_status})"},
+        get_dbt_event_xcom_key(NODE): {
+            "msg": f"1 of 1 OK created sql view model shop.orders ({node_status})"
+        },
     }
     reads: list[str] = []
 
@@ -90,7 +92,9 @@ def run_trigger(node_status: str) -> tuple[list, SocketLikeLog]:
     return events, log
 
 
-@pytest.mark.parametrize(("status", "event_type"), [("success", TaskSuccessEvent), ("error", TaskFailedEvent)])
+@pytest.mark.parametrize(
+    ("status", "event_type"), [("success", TaskSuccessEvent), ("error", TaskFailedEvent)]
+)
 def test_consumer_logs_its_result_without_blocking_the_event_loop(status, event_type):
     events, log = run_trigger(status)
     assert [type(e) for e in events] == [event_type]
