@@ -258,18 +258,6 @@ class RunDidNotFinish(Exception):
     """A DAG run still unfinished after its time limit: a hang, reported instead of waited on."""
 
 
-def task_instances(client, dag_id: str, run_id: str) -> list[dict]:
-    tis: list[dict] = []
-    while True:  # the API returns at most [api] maximum_page_limit (100) rows per page
-        _, body = client.request(
-            "GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=100&offset={len(tis)}"
-        )
-        page = body.get("task_instances", [])
-        tis += page
-        if not page or len(tis) >= body.get("total_entries", 0):
-            return tis
-
-
 def dag_run(client, dag_id: str, stack, target, timeout: float) -> dict:
     run_id = f"bench__{time.strftime('%Y%m%dT%H%M%S')}"
     status, body = client.trigger(dag_id, run_id)
@@ -284,12 +272,12 @@ def dag_run(client, dag_id: str, stack, target, timeout: float) -> dict:
             if run.get("state") in {"success", "failed"}:
                 break
             if time.monotonic() > deadline:
-                states = Counter(t["state"] for t in task_instances(client, dag_id, run_id))
+                states = Counter(client.task_states(dag_id, run_id).values())
                 raise RunDidNotFinish(
                     f"{dag_id} run {run_id} unfinished after {timeout:.0f}s; task states: {dict(states)}"
                 )
             time.sleep(0.5)
-    tis = task_instances(client, dag_id, run_id)
+    tis = client.task_instances(dag_id, run_id)
     # CPU seconds each component's process tree used during the run (the scheduler's includes the
     # LocalExecutor's task processes; the dag-processor's, its DAG-file parses).
     cpu = {c: tree_cpu_s(pid) - cpu_before[c] for c, pid in components.items()}

@@ -28,8 +28,7 @@ def run_id() -> str:
 
 
 def task_instances(client, dag_id: str, run: str) -> dict[str, dict]:
-    _, body = client.request("GET", f"/dags/{dag_id}/dagRuns/{run}/taskInstances?limit=100")
-    return {ti["task_id"]: ti for ti in body.get("task_instances", [])}
+    return {ti["task_id"]: ti for ti in client.task_instances(dag_id, run)}
 
 
 @pytest.fixture(scope="module")

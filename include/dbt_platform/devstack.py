@@ -568,9 +568,21 @@ class AirflowClient:
             time.sleep(2)
         raise StackError(f"run {dag_id}/{run_id} did not finish within {timeout:.0f}s")
 
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
+        """Every task instance of a run, page by page: the API returns at most ``[api]
+        maximum_page_limit`` (100) rows per request, whatever ``limit`` asks for."""
+        tis: list[dict] = []
+        while True:
+            _, body = self.request(
+                "GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=100&offset={len(tis)}"
+            )
+            page = body.get("task_instances", [])
+            tis += page
+            if not page or len(tis) >= body.get("total_entries", 0):
+                return tis
+
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
-        _, body = self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=1000")
-        return {ti["task_id"]: ti["state"] for ti in body.get("task_instances", [])}
+        return {ti["task_id"]: ti["state"] for ti in self.task_instances(dag_id, run_id)}
 
 
 def client_for(stack: StackSettings, target: AirflowTarget) -> AirflowClient:
