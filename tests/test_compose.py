@@ -12,6 +12,7 @@ import jsonschema
 import pytest
 import yaml
 
+from include.dbt_platform import devstack
 from include.dbt_platform.config import REPO_ROOT
 
 COMPOSE = REPO_ROOT / "docker-compose.yaml"
@@ -99,3 +100,12 @@ def test_referenced_files_exist(compose):
     init_sql = [m.split(":")[0] for m in mounts if m.startswith("./")]  # plain relative sources
     assert init_sql and all((REPO_ROOT / path).exists() for path in init_sql)
     assert "CREATE DATABASE warehouse" in (REPO_ROOT / init_sql[0]).read_text()
+
+
+def test_the_triggerer_runs_through_the_projects_launcher(compose):
+    # Same launcher as the local stack (include/dbt_platform/devstack.py COMPONENT_LAUNCHERS); the
+    # image's entrypoint runs `python ...` commands as given, with /opt/airflow on PYTHONPATH.
+    command = compose["services"]["airflow-triggerer"]["command"]
+    assert command[:3] == ["python", "-m", "include.dbt_platform.triggerer"]
+    assert (REPO_ROOT / "include" / "dbt_platform" / "triggerer.py").exists()
+    assert devstack.COMPONENT_LAUNCHERS["triggerer"] == command[1:3]

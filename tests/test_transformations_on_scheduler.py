@@ -59,6 +59,15 @@ def test_every_node_runs_in_the_triggerer_and_the_marts_start_the_downstream_dag
     assert all(not ti["hostname"] and ti["try_number"] == 1 for ti in nodes.values())
     assert tis["dbt_producer_watcher"]["hostname"], "the build itself ran on a worker"
     assert query(warehouse, "select count(*) from inventory_transforms.fct_users")[0][0] == 12
+    # The stack's triggerer is the project's launcher: each node's task went to its trigger runner
+    # alone, not with the whole DAG (include/dbt_platform/triggerer.py).
+    _, dag_run = client.request("GET", f"/dags/{DAG_ID}/dagRuns/{run}")
+    versions = [v["id"] for v in dag_run["dag_versions"]]
+    triggerer_log = (LIVE_TARGET.home / "component-logs" / "triggerer.log").read_text()
+    assert any(
+        f"DAG {DAG_ID} version {v}: each start_from_trigger task goes to the runner alone" in triggerer_log
+        for v in versions
+    ), versions
 
     def downstream_run():
         _, runs = client.request("GET", "/dags/inventory_marts_report/dagRuns?limit=100")

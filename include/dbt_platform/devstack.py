@@ -37,6 +37,10 @@ AIRFLOW_COMPONENTS = {
     "dag-processor": ["dag-processor"],
     "triggerer": ["triggerer", "--skip-serve-logs"],
 }
+# Components started through this project's launcher instead of the `airflow` command (same arguments
+# after the subcommand). The triggerer's removes Airflow 3.3's per-task DAG cost: see
+# include/dbt_platform/triggerer.py.
+COMPONENT_LAUNCHERS = {"triggerer": ["-m", "include.dbt_platform.triggerer"]}
 # CPU priorities. The LocalExecutor runs every task inside the scheduler's process tree, so the tasks
 # (a dbt build) share the CPU with whatever the other components do meanwhile. Off that critical path:
 # the dag-processor (it parses files, and serves the callback request Airflow sends whenever a task
@@ -433,10 +437,14 @@ def start_airflow(
         if component_pid(stack, target, component):
             continue
         args = [a.format(port=target.api_port) for a in AIRFLOW_COMPONENTS[component]]
+        if component in COMPONENT_LAUNCHERS:
+            command = [sys.executable, *COMPONENT_LAUNCHERS[component], *args[1:]]
+        else:
+            command = [airflow_bin(), *args]
         niceness = COMPONENT_NICENESS.get(component, 0)
         with open(logs / f"{component}.log", "ab") as log:
             proc = subprocess.Popen(
-                [airflow_bin(), *args],
+                command,
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -1,0 +1,268 @@
+"""``python -m include.dbt_platform.triggerer``: ``airflow triggerer`` without its per-task DAG cost.
+
+Every consumer of a transformation DAG starts in the triggerer (``start_from_trigger``). For each such
+task, Airflow 3.3's triggerer
+
+1. deserialises the whole DAG in its supervisor process, to read the task's ``start_from_trigger``
+   flag (``SerializedDagModel.dag`` deserialises again on every access);
+2. sends the whole serialised DAG to its trigger runner process inside the task's ``RunTrigger``
+   workload (``dag_data``: 0.9 MB for 500 models);
+3. deserialises it there a second time, to build the task instance that templates render against.
+
+That is work in tasks x DAG size: about 145 ms per task at 500 models, over a minute of CPU per run,
+and all of a run's workloads go to the runner in one message (hundreds of MB at 1,000 models). The
+runner only needs the task itself and the DAG's own settings (params, dates, timetable).
+
+:func:`install` changes two things, in the triggerer's supervisor process only:
+
+- the deserialised DAG is cached per DAG version (``dag_version_id`` + ``dag_hash``, a few versions);
+- ``dag_data`` is cut down to that one task: the DAG's settings, the task's serialised entry (its
+  downstream ids dropped, as no other task is there), the chain of task groups that holds it, and
+  no edges or DAG dependencies. The runner then deserialises a one-task DAG.
+
+Nothing else changes: the trigger, its kwargs, the template context (``dag``, ``params``,
+``dag_run``, ``ti``...) are built by Airflow's own code from that data. A task that is mapped or
+sits in a mapped task group keeps the whole DAG (its expand input may refer to other tasks), and any
+error while cutting falls back to the whole DAG. The patch is applied only to the Airflow versions it
+was written against (:data:`PATCHED_AIRFLOW`) and where the code has the expected shape; anywhere
+else the triggerer runs unchanged and says so in its log.
+
+The fix belongs upstream (send each DAG version once, cache it on both sides); until then this
+launcher is what the local stack and ``docker-compose.yaml`` start instead of ``airflow triggerer``.
+Arguments are passed on: ``python -m include.dbt_platform.triggerer --skip-serve-logs``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import sys
+import threading
+from collections import OrderedDict
+from typing import Any
+
+log = logging.getLogger("include.dbt_platform.triggerer")  # also when run as __main__
+
+PATCHED_AIRFLOW = ("3.3.",)
+# DAG versions kept deserialised; a triggerer serves runs of a handful of versions at a time.
+CACHED_VERSIONS = 16
+_EXPECTED_PARAMETERS = ["self", "trigger", "dag_bag", "render_log_fname", "session"]
+_MAPPED_KEYS = ("expand_input", "op_kwargs_expand_input", "_is_mapped", "partial_kwargs")
+
+
+# ----------------------------------------------------------------------------- the data cut
+
+
+class _Version:
+    """One DAG version: its serialised data, and (lazily) what cutting it needs."""
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+        self._lock = threading.Lock()
+        self._dag: Any = None
+        self._tasks: dict[str, dict] | None = None
+        self._paths: dict[str, list[tuple[str, dict]]] | None = None
+        self.data: dict = model.data
+        self.version_id = str(model.dag_version_id)
+        self.announced = False
+
+    @property
+    def dag(self) -> Any:
+        with self._lock:
+            if self._dag is None:
+                self._dag = self._model.dag  # Airflow's own deserialisation, once per version
+            return self._dag
+
+    def _index(self) -> None:
+        dag = self.data["dag"]
+        tasks = {}
+        for entry in dag.get("tasks", ()):
+            if entry.get("__type") == "operator":
+                tasks[entry["__var"]["task_id"]] = entry
+        paths: dict[str, list[tuple[str, dict]]] = {}
+
+        def walk(group: dict, chain: list[tuple[str, dict]]) -> None:
+            for label, (kind, value) in group.get("children", {}).items():
+                if kind == "operator":
+                    paths[value] = [*chain, (label, group)]
+                else:
+                    walk(value, [*chain, (label, group)])
+
+        if "task_group" in dag:
+            walk(dag["task_group"], [])
+        self._tasks, self._paths = tasks, paths
+
+    def task_only(self, task_id: str) -> dict | None:
+        """The serialised DAG with ``task_id`` as its only task, or None to keep the whole DAG."""
+        with self._lock:
+            if self._tasks is None:
+                self._index()
+        assert self._tasks is not None and self._paths is not None
+        entry = self._tasks.get(task_id)
+        dag = self.data["dag"]
+        path = self._paths.get(task_id)
+        if entry is None or ("task_group" in dag and path is None):
+            return None
+        if any(key in entry["__var"] for key in _MAPPED_KEYS):
+            return None
+        if path and any(group.get("is_mapped") for _, group in path):
+            return None
+        task_var = {k: v for k, v in entry["__var"].items() if k != "downstream_task_ids"}
+        cut: dict[str, Any] = {
+            **dag,
+            "tasks": [{**entry, "__var": task_var}],
+            "edge_info": {},
+            "dag_dependencies": [],
+        }
+        if path:
+            child: Any = ["operator", task_id]
+            for label, group in reversed(path):
+                child = ["taskgroup", {**group, "children": {label: child}}]
+            cut["task_group"] = child[1]
+        return {**self.data, "dag": cut}
+
+
+class _VersionCache:
+    def __init__(self, size: int = CACHED_VERSIONS) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        self._versions: OrderedDict[tuple[str, str], _Version] = OrderedDict()
+
+    def get(self, model: Any) -> _Version:
+        key = (str(model.dag_version_id), str(model.dag_hash))
+        with self._lock:
+            version = self._versions.get(key)
+            if version is None:
+                version = self._versions[key] = _Version(model)
+                while len(self._versions) > self._size:
+                    self._versions.popitem(last=False)
+            else:
+                self._versions.move_to_end(key)
+            return version
+
+
+class _CachedModel:
+    """A ``SerializedDagModel`` whose ``dag`` is deserialised once per version."""
+
+    def __init__(self, model: Any, version: _Version) -> None:
+        self._model = model
+        self._version = version
+
+    @property
+    def dag(self) -> Any:
+        return self._version.dag
+
+    @property
+    def data(self) -> dict:
+        return self._version.data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+
+class _CachingDagBag:
+    """Passes ``DBDagBag`` through, handing out :class:`_CachedModel` for serialised DAG models."""
+
+    def __init__(self, dag_bag: Any, cache: _VersionCache) -> None:
+        self._dag_bag = dag_bag
+        self._cache = cache
+        self.version: _Version | None = None  # the last one handed out
+
+    def _wrap(self, model: Any) -> Any:
+        if model is None:
+            return None
+        self.version = self._cache.get(model)
+        return _CachedModel(model, self.version)
+
+    def get_serialized_dag_model_for_run(self, *args: Any, **kwargs: Any) -> Any:
+        return self._wrap(self._dag_bag.get_serialized_dag_model_for_run(*args, **kwargs))
+
+    def get_serialized_dag_model(self, *args: Any, **kwargs: Any) -> Any:
+        return self._wrap(self._dag_bag.get_serialized_dag_model(*args, **kwargs))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._dag_bag, name)
+
+
+# ----------------------------------------------------------------------------- the patch
+
+
+def patch_applies() -> str | None:
+    """None if :func:`install` can patch this Airflow, else why not."""
+    import airflow
+
+    if not airflow.__version__.startswith(PATCHED_AIRFLOW):
+        return f"Airflow {airflow.__version__} is not one of {PATCHED_AIRFLOW}"
+    from airflow.executors.workloads import RunTrigger
+    from airflow.jobs.triggerer_job_runner import TriggerRunnerSupervisor
+
+    create = getattr(TriggerRunnerSupervisor, "_create_workload", None)
+    if create is None:
+        return "TriggerRunnerSupervisor._create_workload is gone"
+    if list(inspect.signature(create).parameters) != _EXPECTED_PARAMETERS:
+        return f"TriggerRunnerSupervisor._create_workload{inspect.signature(create)} changed"
+    if "dag_data" not in RunTrigger.model_fields:
+        return "RunTrigger has no dag_data"
+    return None
+
+
+def install() -> bool:
+    """Patch the triggerer supervisor (this process); False, with a warning, where it does not apply."""
+    from airflow.jobs.triggerer_job_runner import TriggerRunnerSupervisor
+
+    if getattr(TriggerRunnerSupervisor._create_workload, "_dbt_platform_patch", False):
+        return True
+    reason = patch_applies()
+    if reason:
+        log.warning("Triggerer runs unpatched (each task gets the whole DAG): %s", reason)
+        return False
+    original = TriggerRunnerSupervisor._create_workload
+    cache = _VersionCache()
+    failures: set[str] = set()
+
+    def _create_workload(self, trigger, dag_bag, render_log_fname, session):
+        bag = _CachingDagBag(dag_bag, cache)
+        workload = original(self, trigger, bag, render_log_fname, session)
+        if workload is None or workload.dag_data is None or workload.ti is None:
+            return workload
+        version = bag.version
+        try:
+            cut = version.task_only(workload.ti.task_id) if version is not None else None
+        except Exception as err:  # never fail a trigger the stock code would start
+            if workload.ti.dag_id not in failures:
+                failures.add(workload.ti.dag_id)
+                log.warning("Sending the whole DAG %s to the runner: %r", workload.ti.dag_id, err)
+            cut = None
+        if cut is not None:
+            workload.dag_data = cut
+            if not version.announced:
+                version.announced = True
+                log.info(
+                    "DAG %s version %s: each start_from_trigger task goes to the runner alone "
+                    "(%d KB instead of %d KB)",
+                    workload.ti.dag_id,
+                    version.version_id,
+                    len(json.dumps(cut)) // 1024,
+                    len(json.dumps(version.data)) // 1024,
+                )
+        return workload
+
+    _create_workload._dbt_platform_patch = True  # type: ignore[attr-defined]
+    _create_workload.__wrapped__ = original  # type: ignore[attr-defined]
+    TriggerRunnerSupervisor._create_workload = _create_workload  # type: ignore[method-assign]
+    log.info("Triggerer: DAGs cached per version, each start_from_trigger task gets only itself")
+    return True
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    install()
+    from airflow.__main__ import main as airflow_main
+
+    sys.argv = ["airflow", "triggerer", *args]
+    airflow_main()
+
+
+if __name__ == "__main__":
+    main()
