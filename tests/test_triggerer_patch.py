@@ -1,4 +1,5 @@
-"""The triggerer launcher sends each ``start_from_trigger`` task to its runner alone, not the whole DAG.
+"""The triggerer launcher sends each ``start_from_trigger`` task to its runner alone, not the whole DAG,
+and keeps reading the runner's log while it sends.
 
 What the trigger runner builds from the cut data (Airflow's own ``TriggerRunner.create_runtime_ti``,
 then ``get_template_context`` and the trigger's template rendering) must be what it builds from the
@@ -10,10 +11,14 @@ supervisor side runs on the real scheduler (tests/test_transformations_on_schedu
 from __future__ import annotations
 
 import json
+import selectors
+import socket
 import subprocess
 import sys
+import threading
 import uuid
 from datetime import datetime
+from types import SimpleNamespace
 
 import pytest
 from airflow.executors.workloads import TaskInstanceDTO
@@ -23,7 +28,7 @@ from airflow.serialization.serialized_objects import DagSerialization
 from airflow.triggers.base import BaseTrigger, StartTriggerArgs
 
 from include.dbt_platform import triggerer
-from include.dbt_platform.triggerer import _Version
+from include.dbt_platform.triggerer import _send_serving_logs, _Version
 from tests.conftest import REPO_ROOT, build_manifest, copy_project
 
 RUN_ID = "manual__2026-11-23T10:00:00+00:00"
@@ -208,6 +213,7 @@ def test_the_launcher_patches_this_airflow_and_only_once():
         "original = S._create_workload\n"
         "assert triggerer.install() and triggerer.install()\n"
         "assert S._create_workload.__wrapped__ is original\n"
+        "assert S.send_msg._dbt_platform_patch\n"
         "print('patched')\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
@@ -229,3 +235,77 @@ def test_another_airflow_version_runs_unpatched_and_says_so():
     assert out.returncode == 0, out.stderr[-2000:]
     assert "Triggerer runs unpatched" in out.stdout + out.stderr
     assert "Airflow 3.4.0 is not one of" in out.stdout + out.stderr
+
+
+class RunnerBlockedOnItsLog:
+    """A trigger runner as seen from its supervisor: a request socket and a log socket.
+
+    Its event loop first writes a burst of log lines (as it does for triggers starting), which blocks
+    once the log socket is full, and only then reads the message the supervisor sends it.
+    """
+
+    LOG_BYTES = 2_000_000
+    MESSAGE = b"m" * 4_000_000  # bigger than the socket buffers, as 1,000 new triggers were
+
+    def __init__(self) -> None:
+        self.requests, runner_requests = socket.socketpair()
+        self.logs, runner_logs = socket.socketpair()
+        self.logged = 0
+        self.received = bytearray()
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.requests, selectors.EVENT_READ, (lambda _s: True, lambda _s: None))
+        self.selector.register(self.logs, selectors.EVENT_READ, (self._read_log, self.selector.unregister))
+
+        def event_loop() -> None:
+            try:
+                runner_logs.sendall(b"l" * self.LOG_BYTES)
+                while len(self.received) < len(self.MESSAGE):
+                    self.received.extend(runner_requests.recv(1 << 20))
+            except OSError:
+                pass
+
+        self.thread = threading.Thread(target=event_loop, daemon=True)
+        self.thread.start()
+        self.supervisor = SimpleNamespace(stdin=self.requests, selector=self.selector)
+
+    def _read_log(self, sock) -> bool:
+        data = sock.recv(1 << 16)
+        self.logged += len(data)
+        return bool(data)
+
+    def close(self) -> None:
+        self.requests.close()
+        self.logs.close()
+
+
+def test_a_plain_send_to_a_runner_blocked_on_its_log_locks_up():
+    # What Airflow 3.3's send_msg does (sendall, logs unread meanwhile); a timeout stands for "for ever".
+    runner = RunnerBlockedOnItsLog()
+    try:
+        runner.requests.settimeout(3)
+        with pytest.raises(TimeoutError):
+            runner.requests.sendall(runner.MESSAGE)
+        assert runner.logged == 0
+    finally:
+        runner.close()
+
+
+def test_the_launchers_send_serves_the_runners_log_until_the_runner_reads():
+    runner = RunnerBlockedOnItsLog()
+    try:
+        done = threading.Event()
+        sender = threading.Thread(
+            target=lambda: (_send_serving_logs(runner.supervisor, runner.MESSAGE), done.set()), daemon=True
+        )
+        sender.start()
+        assert done.wait(timeout=60), "the send locked up"
+        runner.thread.join(timeout=30)
+        assert bytes(runner.received) == runner.MESSAGE
+        assert runner.logged > 0, "the log was served while sending"
+        runner.logs.settimeout(5)
+        while runner.logged < runner.LOG_BYTES and runner._read_log(runner.logs):
+            pass  # what the supervisor's main loop reads next
+        assert runner.logged == runner.LOG_BYTES
+        assert runner.requests.gettimeout() is None, "the socket is blocking again afterwards"
+    finally:
+        runner.close()

@@ -20,6 +20,13 @@ runner only needs the task itself and the DAG's own settings (params, dates, tim
   downstream ids dropped, as no other task is there), the chain of task groups that holds it, and
   no edges or DAG dependencies. The runner then deserialises a one-task DAG.
 
+It also keeps the supervisor reading its runner's log lines while it sends the runner a message.
+The runner's event loop writes a log line per trigger it starts ("trigger ... starting"), and blocks
+when the log socket is full; the supervisor stops reading that socket while it sends, and its send
+waits for that same event loop to read. With hundreds of triggers at once (1,000 models: a 3 MB
+message) the two waited for each other for good. While the message does not fit in the socket, the
+patched ``send_msg`` serves the runner's log, stdout and stderr sockets, as its main loop would.
+
 Nothing else changes: the trigger, its kwargs, the template context (``dag``, ``params``,
 ``dag_run``, ``ti``...) are built by Airflow's own code from that data. A task that is mapped or
 sits in a mapped task group keeps the whole DAG (its expand input may refer to other tasks), and any
@@ -37,6 +44,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import select
 import sys
 import threading
 from collections import OrderedDict
@@ -48,6 +56,7 @@ PATCHED_AIRFLOW = ("3.3.",)
 # DAG versions kept deserialised; a triggerer serves runs of a handful of versions at a time.
 CACHED_VERSIONS = 16
 _EXPECTED_PARAMETERS = ["self", "trigger", "dag_bag", "render_log_fname", "session"]
+_EXPECTED_SEND_PARAMETERS = ["self", "msg", "request_id", "error", "dump_opts"]
 _MAPPED_KEYS = ("expand_input", "op_kwargs_expand_input", "_is_mapped", "partial_kwargs")
 
 
@@ -185,6 +194,59 @@ class _CachingDagBag:
         return getattr(self._dag_bag, name)
 
 
+# ----------------------------------------------------------------------------- sending
+
+
+def _send_serving_logs(supervisor: Any, data: bytes | bytearray) -> None:
+    """``sendall`` to the runner, serving its other sockets whenever the runner is not reading."""
+    sock = supervisor.stdin
+    view = memoryview(data)
+    previous_timeout = sock.gettimeout()
+    sock.setblocking(False)
+    try:
+        while view:
+            try:
+                view = view[sock.send(view) :]
+                continue
+            except BlockingIOError:
+                pass
+            others = {
+                key.fileobj.fileno(): key
+                for key in supervisor.selector.get_map().values()
+                if key.fileobj is not sock
+            }
+            poller = select.poll()
+            poller.register(sock.fileno(), select.POLLOUT)
+            for fd in others:
+                poller.register(fd, select.POLLIN)
+            for fd, _ in poller.poll(1000):
+                key = others.get(fd)
+                if key is None:
+                    continue  # the runner reads again: send on
+                handler, on_close = key.data
+                try:
+                    need_more = handler(key.fileobj)
+                except (BrokenPipeError, ConnectionResetError):
+                    need_more = False
+                if not need_more:  # as WatchedSubprocess._service_subprocess does at EOF
+                    on_close(key.fileobj)
+                    key.fileobj.close()
+    finally:
+        sock.settimeout(previous_timeout)
+
+
+def _send_msg(self, msg, request_id, error=None, **dump_opts):
+    # WatchedSubprocess.send_msg (Airflow 3.3), with a send that cannot lock up with the runner.
+    from airflow.sdk.execution_time.comms import _ResponseFrame
+
+    if msg:
+        frame = _ResponseFrame(id=request_id, body=self._serialize_response(msg, **dump_opts))
+    else:
+        err_resp = self._serialize_response(error) if error else None
+        frame = _ResponseFrame(id=request_id, error=err_resp)
+    _send_serving_logs(self, frame.as_bytes())
+
+
 # ----------------------------------------------------------------------------- the patch
 
 
@@ -204,6 +266,13 @@ def patch_applies() -> str | None:
         return f"TriggerRunnerSupervisor._create_workload{inspect.signature(create)} changed"
     if "dag_data" not in RunTrigger.model_fields:
         return "RunTrigger has no dag_data"
+    from airflow.sdk.execution_time.supervisor import WatchedSubprocess
+
+    send = TriggerRunnerSupervisor.send_msg
+    if send is not WatchedSubprocess.send_msg and not getattr(send, "_dbt_platform_patch", False):
+        return "TriggerRunnerSupervisor has its own send_msg"
+    if list(inspect.signature(send).parameters) != _EXPECTED_SEND_PARAMETERS:
+        return f"send_msg{inspect.signature(send)} changed"
     return None
 
 
@@ -251,7 +320,12 @@ def install() -> bool:
     _create_workload._dbt_platform_patch = True  # type: ignore[attr-defined]
     _create_workload.__wrapped__ = original  # type: ignore[attr-defined]
     TriggerRunnerSupervisor._create_workload = _create_workload  # type: ignore[method-assign]
-    log.info("Triggerer: DAGs cached per version, each start_from_trigger task gets only itself")
+    _send_msg._dbt_platform_patch = True  # type: ignore[attr-defined]
+    TriggerRunnerSupervisor.send_msg = _send_msg  # type: ignore[method-assign]
+    log.info(
+        "Triggerer: DAGs cached per version, each start_from_trigger task gets only itself, "
+        "runner logs served while sending"
+    )
     return True
 
 
