@@ -8,6 +8,10 @@ stuck). Here the log sink behaves like that socket: a write waits until the even
 (standing for "the runner read the supervisor's message, so the supervisor drains the logs"), and
 gives up after a few seconds, recording a deadlock. The build's results are handed to the trigger
 directly instead of through the Execution API: what is under test is the trigger's own loop.
+
+Also here: how the producer publishes node results (only what changed, in numbered chunks) and how
+the triggerer's poller reads them (only the new chunks), against an in-memory XCom store; the real
+Execution API path runs on the real scheduler (tests/test_transformations_on_scheduler.py).
 """
 
 from __future__ import annotations
@@ -105,3 +109,53 @@ def test_consumer_logs_its_result_without_blocking_the_event_loop(status, event_
     level, text = log.lines[1]
     assert NODE in text and status in text
     assert level == ("info" if status == "success" else "error")
+
+
+class XComStore:
+    """The producer's XComs, as the Execution API would store and return them."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, object] = {}
+        self.reads: list[str] = []
+
+    def xcom_push(self, key: str, value, **_kwargs) -> None:
+        self.values[key] = value
+
+    async def get_xcom_val(self, key: str):
+        self.reads.append(key)
+        return self.values.get(key)
+
+
+def test_the_producer_publishes_only_what_changed_and_the_poller_reads_only_what_is_new():
+    from include.dbt_platform.cosmos_triggerer import (
+        CHUNK_COUNT_XCOM_KEY,
+        _RecordingTaskInstance,
+        _RunWatch,
+        chunk_xcom_key,
+    )
+
+    store = XComStore()
+    recorder = _RecordingTaskInstance(store, interval=3600)  # flushed by hand below
+    nodes = [f"model.shop.m{i}" for i in range(3)]
+    for node in nodes[:2]:
+        recorder.xcom_push(get_status_xcom_key(node), {"status": "success"})
+    recorder.xcom_push(f"{nodes[0]}_compiled_sql", "select 1")  # never pushed
+    recorder.flush()
+    watch = _RunWatch()
+    first = asyncio.run(watch._read_new_results(store, "running"))
+    assert first == {get_status_xcom_key(n): {"status": "success"} for n in nodes[:2]}
+    recorder.flush()  # nothing changed: nothing pushed
+    recorder.xcom_push(get_status_xcom_key(nodes[2]), {"status": "error"})
+    recorder.flush()
+    store.reads.clear()
+    second = asyncio.run(watch._read_new_results(store, "running"))
+    assert second == {get_status_xcom_key(nodes[2]): {"status": "error"}}, "only the new chunk"
+    assert store.reads == [CHUNK_COUNT_XCOM_KEY, chunk_xcom_key(2)]
+    assert store.values[CHUNK_COUNT_XCOM_KEY] == 2 and chunk_xcom_key(3) not in store.values
+    recorder.close()
+    assert store.values[AGGREGATE_XCOM_KEY] == {**first, **second}
+    assert not any(key.endswith("_compiled_sql") for key in store.values)
+    # A poller that starts after the build reads the whole result in one go.
+    store.reads.clear()
+    late = asyncio.run(_RunWatch()._read_new_results(store, "success"))
+    assert late == {**first, **second} and store.reads == [AGGREGATE_XCOM_KEY]
