@@ -351,8 +351,9 @@ class TaskEndingWatcherTrigger(WatcherTrigger):
         A trigger's log lines go to the triggerer's supervisor process through a socket, and a plain
         ``self.log.info`` in ``run()`` writes to it from the event loop. The supervisor reads that
         socket only between messages, and it sends new triggers to this process as one message (with
-        ``start_from_trigger``, each carries the whole serialised DAG: tens of MB for a few hundred
-        tasks), which the event loop reads. If the log socket fills while such a message is in
+        ``start_from_trigger``, each carries the whole serialised DAG unless the triggerer runs through
+        include/dbt_platform/triggerer.py: tens of MB for a few hundred tasks), which the event loop
+        reads. If the log socket fills while such a message is in
         flight, each side waits for the other for ever: the triggerer stops, and every deferred task
         of every DAG with it (seen here with 201 consumers). So the write happens in a worker
         thread, as Airflow's own ``ainfo`` does, and the event loop keeps reading.

@@ -3,19 +3,20 @@
 Every consumer of a transformation DAG starts in the triggerer (``start_from_trigger``). For each such
 task, Airflow 3.3's triggerer
 
-1. deserialises the whole DAG in its supervisor process, to read the task's ``start_from_trigger``
-   flag (``SerializedDagModel.dag`` deserialises again on every access);
+1. reads the serialised DAG from the database and deserialises it in its supervisor process, to read
+   the task's ``start_from_trigger`` flag (``SerializedDagModel.dag`` deserialises on every access);
 2. sends the whole serialised DAG to its trigger runner process inside the task's ``RunTrigger``
    workload (``dag_data``: 0.9 MB for 500 models);
 3. deserialises it there a second time, to build the task instance that templates render against.
 
-That is work in tasks x DAG size: about 145 ms per task at 500 models, over a minute of CPU per run,
-and all of a run's workloads go to the runner in one message (hundreds of MB at 1,000 models). The
+That is work in tasks x DAG size: about 123 ms per task at 500 models, a minute of CPU per run, and
+all of a run's new workloads go to the runner in one message (over 1 GB at 1,000 models). The
 runner only needs the task itself and the DAG's own settings (params, dates, timetable).
 
 :func:`install` changes two things, in the triggerer's supervisor process only:
 
-- the deserialised DAG is cached per DAG version (``dag_version_id`` + ``dag_hash``, a few versions);
+- the DAG is read and deserialised once per DAG version (``dag_version_id`` + ``dag_hash``; the
+  last 16 versions are kept);
 - ``dag_data`` is cut down to that one task: the DAG's settings, the task's serialised entry (its
   downstream ids dropped, as no other task is there), the chain of task groups that holds it, and
   no edges or DAG dependencies. The runner then deserialises a one-task DAG.
@@ -34,7 +35,8 @@ error while cutting falls back to the whole DAG. The patch is applied only to th
 was written against (:data:`PATCHED_AIRFLOW`) and where the code has the expected shape; anywhere
 else the triggerer runs unchanged and says so in its log.
 
-The fix belongs upstream (send each DAG version once, cache it on both sides); until then this
+The fixes belong upstream (send each DAG version once and cache it on both sides; never block the
+runner's event loop on a log write, or read logs while sending); until then this
 launcher is what the local stack and ``docker-compose.yaml`` start instead of ``airflow triggerer``.
 Arguments are passed on: ``python -m include.dbt_platform.triggerer --skip-serve-logs``.
 """
