@@ -205,6 +205,13 @@ def test_a_mapped_task_keeps_the_whole_dag():
     assert _Version(model).task_only("no_such_task") is None
 
 
+def run_python(code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter (the patch changes Airflow's classes); it must succeed."""
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out
+
+
 def test_the_launcher_patches_this_airflow_and_only_once():
     assert triggerer.patch_applies() is None, "re-check include/dbt_platform/triggerer.py on this Airflow"
     code = (
@@ -216,9 +223,7 @@ def test_the_launcher_patches_this_airflow_and_only_once():
         "assert S.send_msg._dbt_platform_patch\n"
         "print('patched')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "patched" in out.stdout
+    assert "patched" in run_python(code).stdout
 
 
 def test_another_airflow_version_runs_unpatched_and_says_so():
@@ -231,8 +236,7 @@ def test_another_airflow_version_runs_unpatched_and_says_so():
         "assert triggerer.install() is False\n"
         "assert S._create_workload is original\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-2000:]
+    out = run_python(code)
     assert "Triggerer runs unpatched" in out.stdout + out.stderr
     assert "Airflow 3.4.0 is not one of" in out.stdout + out.stderr
 

@@ -66,7 +66,11 @@ _MAPPED_KEYS = ("expand_input", "op_kwargs_expand_input", "_is_mapped", "partial
 
 
 class _Version:
-    """One DAG version: its serialised data, and (lazily) what cutting it needs."""
+    """One DAG version: its serialised data, and (lazily) what cutting it needs.
+
+    It stands in for the version's ``SerializedDagModel`` in ``_create_workload``: ``data`` and a
+    ``dag`` deserialised once; any other attribute is the model's.
+    """
 
     def __init__(self, model: Any) -> None:
         self.model = model
@@ -84,6 +88,9 @@ class _Version:
             if self._dag is None:
                 self._dag = self.model.dag  # Airflow's own deserialisation, once per version
             return self._dag
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
 
     def _index(self) -> None:
         dag = self.data["dag"]
@@ -157,27 +164,8 @@ class _VersionCache:
             return version
 
 
-class _CachedModel:
-    """A ``SerializedDagModel`` whose ``dag`` is deserialised once per version."""
-
-    def __init__(self, model: Any, version: _Version) -> None:
-        self._model = model
-        self._version = version
-
-    @property
-    def dag(self) -> Any:
-        return self._version.dag
-
-    @property
-    def data(self) -> dict:
-        return self._version.data
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._model, name)
-
-
 class _CachingDagBag:
-    """Passes ``DBDagBag`` through, handing out :class:`_CachedModel` for serialised DAG models.
+    """Passes ``DBDagBag`` through, handing out a cached :class:`_Version` for a serialised DAG model.
 
     ``DBDagBag.get_serialized_dag_model`` reads the whole serialised DAG from the database for every
     trigger (the database driver decodes its JSON: ~20 ms at 1,000 models). A version already cached
@@ -193,7 +181,7 @@ class _CachingDagBag:
         if model is None:
             return None
         self.version = self._cache.get(model)
-        return _CachedModel(model, self.version)
+        return self.version
 
     def get_serialized_dag_model_for_run(self, dag_run: Any, *, session: Any) -> Any:
         resolve = getattr(self._dag_bag, "_version_from_dag_run", None)
@@ -209,7 +197,7 @@ class _CachingDagBag:
             cached = self._cache.lookup(version_id, current_hash(version_id, session))
             if cached is not None:
                 self.version = cached
-                return _CachedModel(cached.model, cached)
+                return cached
         return self._wrap(self._dag_bag.get_serialized_dag_model(version_id=version_id, session=session))
 
     def __getattr__(self, name: str) -> Any:
