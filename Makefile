@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt constraints.txt | sha1sum | cut -c1-12)
 
-.PHONY: run stop status test lint manifests bench venv dsn
+.PHONY: run stop status test test-unit lint manifests bench venv dsn
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,30 +15,33 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 venv: $(STAMP)
 
 manifests: venv ## build every dbt project's manifest with `dbt parse`
-	$(PY) -m include.dbt_platform.manifests
+	$(PY) -m include.dbt_platform.transformations.manifests
 
 run: manifests ## PostgreSQL + Airflow on 127.0.0.1, then the demo through the REST API
-	$(PY) -m include.dbt_platform.devstack up
-	$(PY) -m include.dbt_platform.devstack demo
+	$(PY) -m devstack up
+	$(PY) -m devstack demo
 
 stop: ## stop Airflow and PostgreSQL (data is kept under .local/)
-	@test -x $(PY) && $(PY) -m include.dbt_platform.devstack down || true
+	@test -x $(PY) && $(PY) -m devstack down || true
 
 status:
-	$(PY) -m include.dbt_platform.devstack status
+	$(PY) -m devstack status
 
 bench: manifests ## dbt build vs the Cosmos DAG on the real scheduler (BENCH_ARGS="--models 500 --runs 1")
-	$(PY) -m include.dbt_platform.devstack pg-up
-	$(PY) bench/transformations_bench.py $(BENCH_ARGS)
+	$(PY) -m devstack pg-up
+	$(PY) -m devstack.bench.transformations_bench $(BENCH_ARGS)
 
 dsn: ## print the PostgreSQL administrator DSN
-	@$(PY) -m include.dbt_platform.devstack dsn
+	@$(PY) -m devstack dsn
 
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/sqlfluff lint --processes 2 dbt_projects
 
-test: manifests lint ## the whole suite against a real PostgreSQL, dbt and Airflow metadata DB
-	$(PY) -m include.dbt_platform.devstack pg-up
+test-unit: venv ## the fast tier: no database server, no Airflow metadata database (< 30 s)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test: manifests lint ## every tier against a real PostgreSQL, dbt and Airflow (what CI runs)
+	$(PY) -m devstack pg-up
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -6,15 +6,15 @@ Scheduled on the assets of `inventory_transforms`' marts, not on time: a run sta
 logs a small summary (users per department, applications per criticality), returned as XCom.
 
 The assets are `dbt://inventory_transforms/fct_users` and `dbt://inventory_transforms/fct_applications`
-(see `include/dbt_platform/assets.py`); the transformation DAG emits them when the models are built.
+(see `include/dbt_platform/transformations/assets.py`); the transformation DAG emits them when the models are built.
 """
 
 from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import DAG, task
 
-from include.dbt_platform.assets import model_asset
 from include.dbt_platform.config import get_settings
+from include.dbt_platform.transformations.assets import model_asset
 
 MARTS = [
     model_asset("inventory_transforms", "fct_users"),
@@ -34,7 +34,7 @@ with DAG(
 
     @task(inlets=MARTS)
     def summarize(triggering_asset_events=None) -> dict:
-        from include.dbt_platform.marts_report import summarize_marts
+        from include.dbt_platform.transformations.marts_report import summarize_marts
 
         for asset, events in (triggering_asset_events or {}).items():
             for event in events:

@@ -7,25 +7,18 @@ exactly what this saga made. The run ends **success only when the saga COMPLETED
 
 State lives in the saga journal (platform database, schema `saga`). A run that times out, is killed
 or is marked failed is compensated by this DAG's failure callback or by `saga_recovery`.
+The saga is declared in `include/dbt_platform/project_creation/definition.py`.
 """
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from airflow.sdk import DAG
 
-from include.dbt_platform.config import get_settings
-from include.dbt_platform.project_request import dag_params
-from include.dbt_platform.project_saga import definition
-from include.dbt_platform.saga.engine import build_tasks, recover_run
+from include.dbt_platform.project_creation.definition import definition
+from include.dbt_platform.project_creation.request import dag_params
+from include.dbt_platform.saga.tasks import build_tasks, failure_callback
 
-
-def _compensate_unfinished_saga(context) -> None:
-    """DAG failure callback (run by the dag-processor): also fires on dagrun_timeout."""
-    run = context["dag_run"]
-    recover_run(
-        definition(), run.dag_id, run.run_id, reason=f"run ended {run.state}: {context.get('reason')}"
-    )
-
+saga = definition()
 
 with DAG(
     dag_id="dbt_project_create",
@@ -33,15 +26,12 @@ with DAG(
     start_date=datetime(2024, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=16,
-    dagrun_timeout=definition().timeout,
+    dagrun_timeout=saga.timeout,
     params=dag_params(),
     doc_md=__doc__,
     tags=["dbt", "self-service", "saga"],
-    default_args={"owner": "data-platform", "retries": 3, "retry_delay": timedelta(seconds=5)},
-    on_failure_callback=_compensate_unfinished_saga,
+    default_args={"owner": "data-platform"},
+    on_failure_callback=failure_callback(saga),
     render_template_as_native_obj=True,
-) as dag:
-    retry_delay = get_settings().saga_retry_delay_seconds
-    build_tasks(
-        definition(), retry_delay_override=None if retry_delay is None else timedelta(seconds=retry_delay)
-    )
+):
+    build_tasks(saga)

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import DAG, Param, task
 
-from include.dbt_platform.project_saga import definition
+from include.dbt_platform.project_creation.definition import definition
 from include.dbt_platform.saga.recovery import recover_sagas
 
 with DAG(

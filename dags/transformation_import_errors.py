@@ -7,6 +7,6 @@ under "DAG Import Errors" while the healthy projects' DAGs keep loading from `tr
 This file defines no DAG.
 """
 
-from include.dbt_platform.factory import raise_for_unloadable_projects
+from include.dbt_platform.transformations.factory import raise_for_unloadable_projects
 
 raise_for_unloadable_projects()

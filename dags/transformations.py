@@ -6,7 +6,7 @@ One Airflow DAG per dbt project under `dbt_projects/` and per project registered
 project's manifest. A project that cannot be loaded is reported by `transformation_import_errors.py`.
 """
 
-from include.dbt_platform.factory import build_transformation_dags
+from include.dbt_platform.transformations.factory import build_transformation_dags
 
 # Module-level names are how the Airflow DAG processor finds DAGs.
 globals().update(build_transformation_dags())

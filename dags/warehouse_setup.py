@@ -21,9 +21,12 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import DAG, Param, TriggerRule, chain, task
 
-from include.dbt_platform import warehouse_setup as ws
+from include.dbt_platform.warehouse_setup import MODES
+from include.dbt_platform.warehouse_setup.steps import STEPS, project_names
+from include.dbt_platform.warehouse_setup.tasks import report as write_report
+from include.dbt_platform.warehouse_setup.tasks import run_named_step
 
-projects = ws.project_names()
+projects = project_names()
 
 with DAG(
     dag_id="warehouse_setup",
@@ -45,7 +48,7 @@ with DAG(
         "mode": Param(
             "complete",
             type="string",
-            enum=list(ws.MODES),
+            enum=list(MODES),
             title="Mode",
             description="complete: rebuild from scratch; quick: no clearing, changed seeds only; "
             "status: read-only report.",
@@ -53,17 +56,17 @@ with DAG(
     },
 ):
     steps = []
-    for name in ws.STEPS:
+    for name in STEPS:
 
-        @task(task_id=name, trigger_rule=TriggerRule.NONE_FAILED, doc_md=ws.STEPS[name].__doc__)
+        @task(task_id=name, trigger_rule=TriggerRule.NONE_FAILED, doc_md=STEPS[name].__doc__)
         def run_step(step=name, params=None, ti=None) -> dict:
-            return ws.run_named_step(step, params["project"], params["mode"], ti)
+            return run_named_step(step, params["project"], params["mode"], ti)
 
         steps.append(run_step())
 
     @task(trigger_rule=TriggerRule.ALL_DONE)
     def report(params=None, ti=None) -> dict:
         """Per-step status, duration and row counts; fails the run if a step failed."""
-        return ws.report(params["project"], params["mode"], ti)
+        return write_report(params["project"], params["mode"], ti)
 
     chain(*steps, report())

@@ -8,11 +8,13 @@ from contextlib import contextmanager
 
 import psycopg2
 
-from include.dbt_platform import project_saga
 from include.dbt_platform.config import get_settings
+from include.dbt_platform.project_creation import definition as project_saga
+from include.dbt_platform.project_creation import steps as saga_steps
 from include.dbt_platform.saga import journal as j
 from include.dbt_platform.saga.recovery import recover_sagas
-from tests.conftest import TARGET, query, warehouse_dsn
+from tests.harness import TARGET, query, warehouse_dsn
+from tests.saga_requests import BAD_REQUESTS, request  # noqa: F401 - shared with the saga tests
 
 
 @contextmanager
@@ -67,25 +69,8 @@ def uniq(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:6]}"
 
 
-def request(name: str, **overrides) -> dict:
-    # Every field explicit: dag.test() reuses one DAG object, so a param left out keeps the value an
-    # earlier test's conf gave it (e.g. a fault_injection).
-    return {
-        "project_name": name,
-        "owner": "ana@example.com",
-        "description": "test project",
-        "environments": ["dev", "staging", "prod"],
-        "database_mode": "new",
-        "database_name": None,
-        "readers": [],
-        "idempotency_key": None,
-        "fault_injection": None,
-        **overrides,
-    }
-
-
 def journal() -> j.Journal:
-    return project_saga.journal()
+    return saga_steps.journal()
 
 
 def undo_completed_sagas() -> None:

@@ -17,12 +17,13 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def _env(name: str, default: str) -> str:
+def env(name: str, default: str) -> str:
+    """The variable's value, or ``default`` when it is unset or blank."""
     value = os.environ.get(name, "").strip()
     return value or default
 
 
-def _env_bool(name: str, default: bool) -> bool:
+def env_bool(name: str, default: bool) -> bool:
     value = os.environ.get(name, "").strip().lower()
     if not value:
         return default
@@ -65,63 +66,24 @@ class Settings:
         return self.state_dir / "notifications"
 
 
-@dataclass(frozen=True)
-class StackSettings:
-    """Where the local stack (``make run``) keeps its files and which loopback ports it uses."""
-
-    local_dir: Path
-    pg_port: int
-    airflow_port: int
-    pg_admin_password: str | None
-    airflow_admin_password: str | None
-    pg_os_user: str
-
-    @property
-    def pg_data_dir(self) -> Path:
-        return self.local_dir / "pg" / "data"
-
-    @property
-    def pg_socket_dir(self) -> Path:
-        return self.local_dir / "pg" / "run"
-
-    @property
-    def secrets_dir(self) -> Path:
-        return self.local_dir / "secrets"
-
-    @property
-    def logs_dir(self) -> Path:
-        return self.local_dir / "logs"
-
-
-def get_stack_settings() -> StackSettings:
-    return StackSettings(
-        local_dir=Path(_env("DBT_PLATFORM_LOCAL_DIR", str(REPO_ROOT / ".local"))),
-        pg_port=int(_env("DBT_PLATFORM_PG_PORT", "55432")),
-        airflow_port=int(_env("DBT_PLATFORM_AIRFLOW_PORT", "8080")),
-        pg_admin_password=os.environ.get("DBT_PLATFORM_PG_PASSWORD") or None,
-        airflow_admin_password=os.environ.get("DBT_PLATFORM_AIRFLOW_PASSWORD") or None,
-        pg_os_user=_env("DBT_PLATFORM_PG_OS_USER", "postgres"),
-    )
-
-
 def get_settings() -> Settings:
     """Read the settings now (not cached: tests and operators change the environment)."""
-    state_dir = Path(_env("DBT_PLATFORM_STATE_DIR", str(REPO_ROOT / ".local" / "state")))
-    schedule = _env("DBT_PLATFORM_SCHEDULE", "@daily")
+    state_dir = Path(env("DBT_PLATFORM_STATE_DIR", str(REPO_ROOT / ".local" / "state")))
+    schedule = env("DBT_PLATFORM_SCHEDULE", "@daily")
     return Settings(
-        dbt_projects_dir=Path(_env("DBT_PLATFORM_PROJECTS_DIR", str(REPO_ROOT / "dbt_projects"))),
-        registry_dir=Path(_env("DBT_PLATFORM_REGISTRY_DIR", str(state_dir / "registered_projects"))),
+        dbt_projects_dir=Path(env("DBT_PLATFORM_PROJECTS_DIR", str(REPO_ROOT / "dbt_projects"))),
+        registry_dir=Path(env("DBT_PLATFORM_REGISTRY_DIR", str(state_dir / "registered_projects"))),
         state_dir=state_dir,
-        dbt_executable=_env("DBT_PLATFORM_DBT_EXECUTABLE", _default_dbt_executable()),
-        warehouse_conn_id=_env("DBT_PLATFORM_WAREHOUSE_CONN_ID", "warehouse"),
-        platform_conn_id=_env("DBT_PLATFORM_PLATFORM_CONN_ID", "platform"),
-        execution_mode=_env("DBT_PLATFORM_EXECUTION_MODE", "triggerer").lower(),
-        test_behavior=_env("DBT_PLATFORM_TEST_BEHAVIOR", "build").lower(),
-        watcher_poke_interval=float(_env("DBT_PLATFORM_WATCHER_POKE_INTERVAL", "0.5")),
+        dbt_executable=env("DBT_PLATFORM_DBT_EXECUTABLE", _default_dbt_executable()),
+        warehouse_conn_id=env("DBT_PLATFORM_WAREHOUSE_CONN_ID", "warehouse"),
+        platform_conn_id=env("DBT_PLATFORM_PLATFORM_CONN_ID", "platform"),
+        execution_mode=env("DBT_PLATFORM_EXECUTION_MODE", "triggerer").lower(),
+        test_behavior=env("DBT_PLATFORM_TEST_BEHAVIOR", "build").lower(),
+        watcher_poke_interval=float(env("DBT_PLATFORM_WATCHER_POKE_INTERVAL", "0.5")),
         schedule=None if schedule.lower() in {"none", "manual"} else schedule,
-        dbt_threads=int(_env("DBT_PLATFORM_DBT_THREADS", "4")),
-        fault_injection_enabled=_env_bool("SAGA_FAULT_INJECTION", False),
-        smtp_conn_id=_env("DBT_PLATFORM_SMTP_CONN_ID", "smtp_default"),
+        dbt_threads=int(env("DBT_PLATFORM_DBT_THREADS", "4")),
+        fault_injection_enabled=env_bool("SAGA_FAULT_INJECTION", False),
+        smtp_conn_id=env("DBT_PLATFORM_SMTP_CONN_ID", "smtp_default"),
         saga_retry_delay_seconds=(
             float(os.environ["DBT_PLATFORM_SAGA_RETRY_DELAY_SECONDS"])
             if os.environ.get("DBT_PLATFORM_SAGA_RETRY_DELAY_SECONDS")
@@ -132,7 +94,7 @@ def get_settings() -> Settings:
 
 
 def _saga_timeouts() -> dict[str, float]:
-    raw = _env("DBT_PLATFORM_SAGA_TIMEOUTS", "{}")
+    raw = env("DBT_PLATFORM_SAGA_TIMEOUTS", "{}")
     try:
         parsed = json.loads(raw)
         return {str(k): float(v) for k, v in parsed.items()}

@@ -30,7 +30,7 @@ socket.getaddrinfo = refuse
 
 from airflow.dag_processing.dagbag import DagBag
 
-# The one dbt build of the triggerer mode: Cosmos would skip a second try anyway (see cosmos_triggerer).
+# The one dbt build of the triggerer mode: Cosmos would skip a second try anyway (see transformations/watcher).
 NO_RETRY_BY_DESIGN = {"AggregatingProducerOperator"}
 bag = DagBag(dag_folder=sys.argv[1])
 print("RESULT " + json.dumps({

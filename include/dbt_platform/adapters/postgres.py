@@ -14,7 +14,8 @@ import psycopg2
 from psycopg2 import sql
 from psycopg2.extensions import make_dsn
 
-from include.dbt_platform.saga.errors import Conflict
+from include.dbt_platform.config import get_settings
+from include.dbt_platform.errors import Conflict
 
 MARKER = "dbt-platform saga "
 
@@ -50,6 +51,25 @@ def connection_params(conn_id: str) -> dict:
         "password": conn.password,
         "dbname": conn.schema,
     }
+
+
+def platform_dsn() -> str:
+    """The platform database (registry and saga journal), from the Airflow connection in the settings."""
+    params = connection_params(get_settings().platform_conn_id)
+    return make_dsn(**{**params, "dbname": params["dbname"] or "platform"})
+
+
+def count_rows_by(conn_id: str, schema: str, table: str, column: str) -> dict:
+    """``{value: rows}`` of ``schema.table`` grouped by ``column``, through an Airflow connection."""
+    with psycopg2.connect(**connection_params(conn_id)) as pg, pg.cursor() as cur:
+        cur.execute(
+            sql.SQL("select {col}, count(*) from {}.{} group by 1 order by 1").format(
+                ident(schema), ident(table), col=ident(column)
+            )
+        )
+        counts = dict(cur.fetchall())
+    pg.close()
+    return counts
 
 
 def marker(saga_id: str) -> str:
@@ -236,3 +256,48 @@ class Postgres:
         with self.cursor(database) as cur:
             for statement in statements:
                 cur.execute(statement)
+
+    # ------------------------------------------------------------------ grants
+
+    def grant_project_access(
+        self,
+        database: str,
+        *,
+        owner_role: str,
+        reader_role: str,
+        environments: list[tuple[str, str]],
+        reader_groups: list[str],
+    ) -> None:
+        """Owner and reader roles on the project database; per ``(schema, login role)``: the login role
+        uses and creates in its schema, the owner too, the reader reads what the login role creates;
+        the reader groups become members of the reader role."""
+        db, owner, reader = ident(database), ident(owner_role), ident(reader_role)
+        statements = [sql.SQL("grant connect on database {} to {}, {}").format(db, owner, reader)]
+        for schema_name, login_role in environments:
+            schema, login = ident(schema_name), ident(login_role)
+            statements += [
+                sql.SQL("grant connect on database {} to {}").format(db, login),
+                sql.SQL("grant usage, create on schema {} to {}, {}").format(schema, login, owner),
+                sql.SQL("grant usage on schema {} to {}").format(schema, reader),
+                sql.SQL(
+                    "alter default privileges for role {} in schema {} grant select on tables to {}"
+                ).format(login, schema, reader),
+            ]
+        statements += [sql.SQL("grant {} to {}").format(reader, ident(group)) for group in reader_groups]
+        self.execute(database, statements)
+
+    def revoke_reader_defaults(
+        self, database: str, *, reader_role: str, environments: list[tuple[str, str]], saga_id: str
+    ) -> None:
+        """Undo the reader's default privileges in each ``(schema, login role)`` this saga made (before
+        the reader role is dropped: default privileges are not removed with it)."""
+        if self.database_marker(database) is None or not self.role_exists(reader_role):
+            return
+        statements = [
+            sql.SQL(
+                "alter default privileges for role {} in schema {} revoke select on tables from {}"
+            ).format(ident(login_role), ident(schema_name), ident(reader_role))
+            for schema_name, login_role in environments
+            if self.role_marker(login_role) == marker(saga_id) and self.schema_marker(database, schema_name)
+        ]
+        self.execute(database, statements)

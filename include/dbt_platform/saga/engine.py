@@ -1,141 +1,24 @@
-"""Steps + compensations + policies -> an Airflow task graph.
+"""Running a saga: a step's task body, completion, compensation (newest first), the run's verdict.
 
     validate_request >> step 2 >> ... >> step N >> complete_saga
     compensate        (ONE_FAILED: runs only when a forward task failed; undoes in reverse order)
     report_outcome    (ALL_DONE, the only leaf that decides the run's state: success iff COMPLETED)
 
-State lives in the journal (:mod:`.journal`), not in Airflow task state, so a run that times out, is
-killed or is marked failed by hand is still finished by the DAG's failure callback or the recovery
-DAG, both of which call :func:`compensate_saga`.
+(:mod:`.tasks` builds that graph.) State lives in the journal (:mod:`.journal`), not in Airflow task
+state, so a run that times out, is killed or is marked failed by hand is still finished by the DAG's
+failure callback or the recovery DAG, both of which call :func:`compensate_saga`.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import signal
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
 
+from include.dbt_platform.errors import TransientError, classify
 from include.dbt_platform.saga import journal as j
 from include.dbt_platform.saga import metrics
-from include.dbt_platform.saga.errors import PermanentError, TransientError, classify
-
-log = logging.getLogger(__name__)
-
-FAULT_MODES = ("permanent", "transient", "timeout", "crash_after_effect")
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    retries: int = 3
-    delay: timedelta = timedelta(seconds=5)
-    max_delay: timedelta = timedelta(minutes=2)
-
-
-@dataclass(frozen=True)
-class Step:
-    name: str
-    action: Callable[[StepContext], dict | None]
-    compensate: Callable[[StepContext, dict], None] | None = None
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    timeout: timedelta = timedelta(minutes=5)
-    doc: str = ""
-
-
-class FaultInjector:
-    """Operator drills and tests: ``{"step": s, "mode": m, "times": n, "after": k}`` in the run's conf.
-
-    Honoured only when ``SAGA_FAULT_INJECTION=1`` is set in Airflow's environment. ``after`` (for
-    steps with several effects) places the fault after the k-th effect instead of before the first.
-    ``fail_compensation_of`` names a step whose compensation then fails for good in this run's
-    ``compensate`` task (not when the saga is re-driven later), to drill the FAILED path.
-    """
-
-    def __init__(self, spec: dict | None, enabled: bool) -> None:
-        self.spec = spec if (enabled and spec) else None
-        if self.spec and self.spec.get("mode") not in FAULT_MODES:
-            raise PermanentError(f"fault_injection.mode must be one of {FAULT_MODES}")
-
-    def before_compensation(self, step: Step) -> None:
-        if self.spec and self.spec.get("fail_compensation_of") == step.name:
-            raise PermanentError(f"injected failure of the compensation of {step.name}")
-
-    def _active(self, step: str, attempt: int) -> str | None:
-        if not self.spec or self.spec.get("step") != step:
-            return None
-        return self.spec["mode"] if attempt <= int(self.spec.get("times", 1)) else None
-
-    def _fire(self, mode: str, step: str, timeout: timedelta) -> None:
-        if mode == "permanent":
-            raise PermanentError(f"injected permanent fault in {step}")
-        if mode == "transient":
-            raise TransientError(f"injected transient fault in {step}")
-        if mode == "timeout":
-            time.sleep(timeout.total_seconds() + 60)
-
-    def before_effect(self, step: Step, attempt: int) -> None:
-        mode = self._active(step.name, attempt)
-        if mode and mode != "crash_after_effect" and "after" not in self.spec:
-            self._fire(mode, step.name, step.timeout)
-
-    def checkpoint(self, step: Step, attempt: int, effects_done: int) -> None:
-        mode = self._active(step.name, attempt)
-        if mode and self.spec.get("after") == effects_done:
-            if mode == "crash_after_effect":
-                os.kill(os.getpid(), signal.SIGKILL)
-            self._fire(mode, step.name, step.timeout)
-
-    def after_effect(self, step: Step, attempt: int) -> None:
-        if self._active(step.name, attempt) == "crash_after_effect" and "after" not in self.spec:
-            # The task process dies after the side effect, before the result is recorded.
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-@dataclass
-class StepContext:
-    saga_id: str
-    step: Step
-    request: dict
-    journal: j.Journal
-    results: dict[str, dict]
-    attempt: int
-    fault: FaultInjector
-    log: logging.LoggerAdapter
-
-    def progress(self, partial_result: dict) -> None:
-        """Record what a multi-effect step has done so far (compensation reads it)."""
-        self.journal.step_progress(self.saga_id, self.step.name, partial_result)
-
-    def checkpoint(self, effects_done: int) -> None:
-        self.fault.checkpoint(self.step, self.attempt, effects_done)
-
-
-@dataclass(frozen=True)
-class SagaDefinition:
-    name: str
-    steps: list[Step]
-    journal: Callable[[], j.Journal]
-    timeout: timedelta
-    idempotency_key: Callable[[dict], str | None] = lambda params: None
-    on_alert: Callable[[j.SagaRecord, list[str]], None] | None = None
-    on_completed: Callable[[str, dict], None] | None = None
-    fault_injection_enabled: Callable[[], bool] = lambda: False
-
-    def step(self, name: str) -> Step:
-        return next(s for s in self.steps if s.name == name)
-
-
-class SagaLogAdapter(logging.LoggerAdapter):
-    def process(self, msg, kwargs):
-        return f"[saga={self.extra['saga_id']}] {msg}", kwargs
-
-
-def saga_logger(saga_id: str) -> logging.LoggerAdapter:
-    return SagaLogAdapter(log, {"saga_id": saga_id})
+from include.dbt_platform.saga.definition import SagaDefinition, Step, StepContext, saga_logger
+from include.dbt_platform.saga.faults import FaultInjector
 
 
 def _ids(context: dict) -> tuple[str, str, str]:
@@ -146,16 +29,13 @@ def _ids(context: dict) -> tuple[str, str, str]:
 def _context_for(
     definition: SagaDefinition, journal: j.Journal, saga: j.SagaRecord, step: Step, attempt: int, params: dict
 ) -> StepContext:
-    results = {s.step_name: (s.result or {}) for s in journal.steps(saga.saga_id)}
     return StepContext(
         saga_id=saga.saga_id,
         step=step,
-        request=saga.request,
+        request=definition.parse_request(saga.request),
         journal=journal,
-        results=results,
         attempt=attempt,
         fault=FaultInjector(params.get("fault_injection"), definition.fault_injection_enabled()),
-        log=saga_logger(saga.saga_id),
     )
 
 
@@ -236,7 +116,7 @@ def complete_saga(definition: SagaDefinition, context: dict) -> None:
     if saga is None or saga.state != j.EXECUTING:
         return
     if definition.on_completed:
-        definition.on_completed(saga_id, saga.request)
+        definition.on_completed(saga_id, definition.parse_request(saga.request))
     journal.set_state(saga_id, j.COMPLETED, only_from=(j.EXECUTING,))
     metrics.saga_finished(definition.name, j.COMPLETED, saga.created_at)
 
@@ -275,7 +155,7 @@ def compensate_saga(
             try:
                 if fault:
                     fault.before_compensation(step)
-                step.compensate(ctx, record.result or {})
+                step.compensate(ctx)
             except Exception as exc:
                 err = classify(exc)
                 journal.compensation_state(
@@ -349,65 +229,3 @@ def recover_run(definition: SagaDefinition, dag_id: str, run_id: str, reason: st
     if saga is None or saga.state in j.TERMINAL_SAGA_STATES:
         return []
     return compensate_saga(definition, saga_id, final_attempt=True, reason=reason)
-
-
-def build_tasks(
-    definition: SagaDefinition, *, retry_delay_override: timedelta | None = None
-) -> dict[str, Any]:
-    """Create the saga's tasks in the current DAG context and wire them."""
-    from airflow.providers.standard.operators.python import PythonOperator
-    from airflow.sdk import TriggerRule, chain
-
-    def delay(policy: RetryPolicy) -> timedelta:
-        return retry_delay_override if retry_delay_override is not None else policy.delay
-
-    forward = []
-    for step in definition.steps:
-        forward.append(
-            PythonOperator(
-                task_id=step.name,
-                python_callable=_bind(run_step, definition, step),
-                retries=step.retry.retries,
-                retry_delay=delay(step.retry),
-                retry_exponential_backoff=True,
-                max_retry_delay=step.retry.max_delay,
-                execution_timeout=step.timeout,
-                doc_md=step.doc or None,
-            )
-        )
-    complete_task = PythonOperator(  # noqa: AIR001 - complete_saga is the function it runs
-        task_id="complete_saga",
-        python_callable=_bind(complete_saga, definition),
-        retries=3,
-        retry_delay=delay(RetryPolicy()),
-    )
-    compensate = PythonOperator(  # noqa: AIR001 - name of the graph role
-        task_id="compensate",
-        python_callable=_bind(compensate_task, definition),
-        trigger_rule=TriggerRule.ONE_FAILED,
-        retries=3,
-        retry_delay=delay(RetryPolicy()),
-        retry_exponential_backoff=True,
-        doc_md="Runs only when a forward step failed for good: undoes, newest first, what this saga did.",
-    )
-    outcome = PythonOperator(  # noqa: AIR001 - name of the graph role
-        task_id="report_outcome",
-        python_callable=_bind(report_outcome, definition),
-        trigger_rule=TriggerRule.ALL_DONE,
-        retries=2,
-        retry_delay=delay(RetryPolicy()),
-        doc_md="The run's verdict: succeeds only when the saga COMPLETED.",
-    )
-    chain(*forward, complete_task)
-    for task in [*forward, complete_task]:
-        task >> compensate
-    [complete_task, compensate] >> outcome
-    return {"forward": forward, "complete": complete_task, "compensate": compensate, "outcome": outcome}
-
-
-def _bind(fn, *args):
-    def call(**context):
-        return fn(*args, context)
-
-    call.__name__ = fn.__name__
-    return call

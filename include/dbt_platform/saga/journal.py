@@ -17,91 +17,25 @@ from datetime import datetime, timedelta
 import psycopg2
 import psycopg2.extras
 
-# Saga states
-PENDING, EXECUTING, COMPLETED = "PENDING", "EXECUTING", "COMPLETED"
-COMPENSATING, COMPENSATED, FAILED = "COMPENSATING", "COMPENSATED", "FAILED"
-SAGA_STATES = (PENDING, EXECUTING, COMPLETED, COMPENSATING, COMPENSATED, FAILED)
-TERMINAL_SAGA_STATES = (COMPLETED, COMPENSATED, FAILED)
-# Step states (PENDING, EXECUTING shared)
-SUCCEEDED, STEP_FAILED = "SUCCEEDED", "FAILED"
-STEP_COMPENSATING, STEP_COMPENSATED, COMPENSATION_FAILED = (
-    "COMPENSATING",
-    "COMPENSATED",
-    "COMPENSATION_FAILED",
-)
-STEP_STATES = (
-    PENDING,
-    EXECUTING,
-    SUCCEEDED,
-    STEP_FAILED,
-    STEP_COMPENSATING,
-    STEP_COMPENSATED,
+from include.dbt_platform.saga.journal_schema import (  # noqa: F401 - the states are part of this API
+    COMPENSATED,
+    COMPENSATING,
     COMPENSATION_FAILED,
+    COMPLETED,
+    EXECUTING,
+    FAILED,
+    PENDING,
+    SAGA_STATES,
+    SCHEMA_SQL,
+    STEP_COMPENSATED,
+    STEP_COMPENSATING,
+    STEP_FAILED,
+    STEP_STATES,
+    SUCCEEDED,
+    TERMINAL_SAGA_STATES,
 )
 
 _NAMESPACE = uuid.UUID("6f1f6c2e-8d7b-4b0e-9a51-0d3c2f8a9b10")
-
-SCHEMA_SQL = f"""
-create schema if not exists saga;
-create table if not exists saga.sagas (
-    saga_id text primary key,
-    saga_name text not null,
-    dag_id text not null,
-    run_id text not null,
-    idempotency_key text,
-    request jsonb not null,
-    state text not null check (state in {SAGA_STATES!r}),
-    error text,
-    created_at timestamptz not null default clock_timestamp(),
-    updated_at timestamptz not null default clock_timestamp(),
-    deadline_at timestamptz,
-    finished_at timestamptz
-);
-create unique index if not exists sagas_idempotency_key
-    on saga.sagas (saga_name, idempotency_key) where idempotency_key is not null;
-create table if not exists saga.steps (
-    saga_id text not null references saga.sagas (saga_id) on delete cascade,
-    step_name text not null,
-    position int not null,
-    state text not null check (state in {STEP_STATES!r}),
-    attempts int not null default 0,
-    compensation_attempts int not null default 0,
-    result jsonb,
-    error text,
-    started_at timestamptz,
-    finished_at timestamptz,
-    compensated_at timestamptz,
-    updated_at timestamptz not null default clock_timestamp(),
-    primary key (saga_id, step_name)
-);
-create table if not exists saga.events (
-    event_id bigserial primary key,
-    saga_id text not null,
-    step_name text,
-    event text not null,
-    detail jsonb,
-    at timestamptz not null default clock_timestamp()
-);
-create index if not exists events_saga on saga.events (saga_id, event_id);
-create table if not exists saga.duplicate_requests (
-    dag_id text not null,
-    run_id text not null,
-    idempotency_key text not null,
-    original_saga_id text not null references saga.sagas (saga_id),
-    recorded_at timestamptz not null default clock_timestamp(),
-    primary key (dag_id, run_id)
-);
-create or replace function saga.forbid_event_change() returns trigger language plpgsql as $$
-begin
-    raise exception 'saga.events is append-only';
-end $$;
-create or replace trigger events_append_only before update or delete on saga.events
-    for each row execute function saga.forbid_event_change();
-create or replace view saga.step_durations as
-    select s.saga_id, s.saga_name, st.step_name, st.position, st.state, st.attempts,
-           extract(epoch from st.finished_at - st.started_at) as seconds
-    from saga.sagas s join saga.steps st using (saga_id);
-"""
 
 
 def saga_id_for(dag_id: str, run_id: str) -> str:
@@ -167,10 +101,6 @@ class Journal:
             "insert into saga.events (saga_id, step_name, event, detail) values (%s, %s, %s, %s)",
             (saga_id, step, event, None if detail is None else json.dumps(detail)),
         )
-
-    def event(self, saga_id: str, event: str, step: str | None = None, detail: dict | None = None) -> None:
-        with self._tx() as cur:
-            self._event(cur, saga_id, event, step, detail)
 
     def events(self, saga_id: str) -> list[dict]:
         with self._tx() as cur:

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from include.dbt_platform.saga import journal as j
-from include.dbt_platform.saga.engine import SagaDefinition, compensate_saga
+from include.dbt_platform.saga.definition import SagaDefinition
+from include.dbt_platform.saga.engine import compensate_saga
 
 log = logging.getLogger(__name__)
 RUN_OVER = {"failed", "success"}

@@ -1,0 +1,66 @@
+"""``python -m devstack up|down|status|demo|pg-up|pg-down|dsn|env``: the local stack's commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from devstack.airflow import (
+    AIRFLOW_COMPONENTS,
+    airflow_env,
+    airflow_up,
+    component_pid,
+    default_target,
+    health,
+    stop_airflow,
+)
+from devstack.demo import demo, demo_project_saga, describe
+from devstack.postgres import pg_is_running, pg_stop, pg_up
+from devstack.settings import StackError, admin_dsn, get_stack_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="devstack", description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=["up", "down", "status", "pg-up", "pg-down", "demo", "dsn", "env"])
+    args = parser.parse_args(argv)
+    stack = get_stack_settings()
+    target = default_target(stack)
+    try:
+        if args.command == "pg-up":
+            pg_up(stack)
+        elif args.command == "pg-down":
+            pg_stop(stack)
+        elif args.command == "up":
+            airflow_up(stack, target)
+            print(describe(stack, target))
+        elif args.command == "down":
+            stop_airflow(stack, target)
+            pg_stop(stack)
+            print("Stopped Airflow and PostgreSQL.")
+        elif args.command == "status":
+            running = {c: component_pid(stack, target, c) for c in AIRFLOW_COMPONENTS}
+            print(f"PostgreSQL running: {pg_is_running(stack)}")
+            for component, pid in running.items():
+                print(f"{component:<14} {'pid ' + str(pid) if pid else 'stopped'}")
+            print(f"health: {json.dumps(health(target))}")
+            print(describe(stack, target))
+        elif args.command == "demo":
+            return demo(stack, target) or demo_project_saga(stack, target)
+        elif args.command == "dsn":
+            print(admin_dsn(stack))
+        elif args.command == "env":
+            for key, value in sorted(airflow_env(stack, target).items()):
+                print(f"export {key}={json.dumps(value)}")
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,294 @@
+"""Airflow 3 for the local stack: its environment, its components on loopback, their health."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from devstack.postgres import pg_up
+from devstack.settings import (
+    TELEMETRY_OFF,
+    StackError,
+    StackSettings,
+    airflow_password,
+    get_stack_settings,
+    pg_password,
+    stored_secret,
+)
+from include.dbt_platform.config import REPO_ROOT, get_settings
+
+AIRFLOW_COMPONENTS = {
+    "api-server": ["api-server", "--host", "127.0.0.1", "--port", "{port}", "--workers", "1"],
+    "scheduler": ["scheduler", "--skip-serve-logs"],
+    "dag-processor": ["dag-processor"],
+    "triggerer": ["triggerer", "--skip-serve-logs"],
+}
+# Components started through this project's launcher instead of the `airflow` command (same arguments
+# after the subcommand). The triggerer's removes Airflow 3.3's per-task DAG cost: see
+# include/dbt_platform/runtime/triggerer.py.
+COMPONENT_LAUNCHERS = {"triggerer": ["-m", "include.dbt_platform.runtime.triggerer"]}
+# CPU priorities. The LocalExecutor runs every task inside the scheduler's process tree, so the tasks
+# (a dbt build) share the CPU with whatever the other components do meanwhile. Off that critical path:
+# the dag-processor (it parses files, and serves the callback request Airflow sends whenever a task
+# ends in the triggerer) and the triggerer (it reports node results as the build makes them; lagging
+# a little behind costs the run nothing).
+COMPONENT_NICENESS = {"dag-processor": 19, "triggerer": 5}
+
+
+@dataclass(frozen=True)
+class AirflowTarget:
+    """One Airflow installation on the local cluster: its home, databases and API port."""
+
+    home: Path
+    metadata_db: str
+    warehouse_db: str
+    platform_db: str
+    api_port: int
+    state_dir: Path
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+
+def isolated_target(stack: StackSettings, name: str, port_offset: int) -> AirflowTarget:
+    """An Airflow beside the stack's: home and state under ``.local/<name>``, databases ``*_<name>``."""
+    root = stack.local_dir / name
+    return AirflowTarget(
+        home=root / "airflow",
+        metadata_db=f"airflow_{name}",
+        warehouse_db=f"warehouse_{name}",
+        platform_db=f"platform_{name}",
+        api_port=stack.airflow_port + port_offset,
+        state_dir=root / "state",
+    )
+
+
+def default_target(stack: StackSettings) -> AirflowTarget:
+    return AirflowTarget(
+        home=stack.local_dir / "airflow",
+        metadata_db="airflow",
+        warehouse_db="warehouse",
+        platform_db="platform",
+        api_port=stack.airflow_port,
+        state_dir=stack.local_dir / "state",
+    )
+
+
+def conn_uri(stack: StackSettings, database: str) -> str:
+    return f"postgres://postgres:{pg_password(stack)}@127.0.0.1:{stack.pg_port}/{database}"
+
+
+def airflow_env(stack: StackSettings, target: AirflowTarget) -> dict[str, str]:
+    """The environment every Airflow component (and the tests) run with."""
+    password = pg_password(stack)
+    settings = get_settings()
+    connections_file = target.state_dir / "secrets" / "connections.json"
+    backend_kwargs = json.dumps({"connections_file_path": str(connections_file)})
+    env = {
+        "AIRFLOW_HOME": str(target.home),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "16",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{target.api_url}/execution/",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(target.home / "passwords.json"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": (
+            f"postgresql+psycopg2://postgres:{password}@127.0.0.1:{stack.pg_port}/{target.metadata_db}"
+        ),
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(target.api_port),
+        "AIRFLOW__API__BASE_URL": target.api_url,
+        "AIRFLOW__API_AUTH__JWT_SECRET": stored_secret(stack, "jwt_secret"),
+        "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(target.api_port + 10),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(target.api_port + 11),
+        # Connections created by the saga live in a file-based secrets backend (0600).
+        "AIRFLOW__SECRETS__BACKEND": "airflow.secrets.local_filesystem.LocalFilesystemBackend",
+        "AIRFLOW__SECRETS__BACKEND_KWARGS": backend_kwargs,
+        "AIRFLOW__WORKERS__SECRETS_BACKEND": "airflow.secrets.local_filesystem.LocalFilesystemBackend",
+        "AIRFLOW__WORKERS__SECRETS_BACKEND_KWARGS": backend_kwargs,
+        # Connections the platform itself needs come from the environment.
+        f"AIRFLOW_CONN_{settings.warehouse_conn_id.upper()}": conn_uri(stack, target.warehouse_db),
+        f"AIRFLOW_CONN_{settings.platform_conn_id.upper()}": conn_uri(stack, target.platform_db),
+        "DBT_PLATFORM_STATE_DIR": str(target.state_dir),
+        **TELEMETRY_OFF,
+    }
+    if settings.fault_injection_enabled:
+        env["SAGA_FAULT_INJECTION"] = "1"
+    return env
+
+
+def prepare_airflow_home(stack: StackSettings, target: AirflowTarget) -> None:
+    target.home.mkdir(parents=True, exist_ok=True)
+    connections = target.state_dir / "secrets" / "connections.json"
+    connections.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(connections.parent, 0o700)
+    if not connections.exists():
+        fd = os.open(connections, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write("{}")
+    passwords = target.home / "passwords.json"
+    fd = os.open(passwords, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"admin": airflow_password(stack)}, fh)
+
+
+def airflow_bin() -> str:
+    return str(Path(sys.executable).parent / "airflow")
+
+
+def migrate_metadata_db(stack: StackSettings, target: AirflowTarget) -> None:
+    env = {**os.environ, **airflow_env(stack, target)}
+    result = subprocess.run([airflow_bin(), "db", "migrate"], env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise StackError(f"airflow db migrate failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
+
+
+def _pidfile(stack: StackSettings, target: AirflowTarget, component: str) -> Path:
+    return target.home / "run" / f"{component}.pid"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def component_pid(stack: StackSettings, target: AirflowTarget, component: str) -> int | None:
+    pidfile = _pidfile(stack, target, component)
+    if not pidfile.exists():
+        return None
+    try:
+        pid = int(pidfile.read_text().strip())
+    except ValueError:
+        return None
+    return pid if _alive(pid) else None
+
+
+def _lower_priority(niceness: int) -> None:
+    """In the component's process, after it became a session leader: nice it, and its session too.
+
+    Linux groups CPU time by session ("autogroup", on by default), and a process's nice value only
+    ranks it within its own session's group: with every component in its own session, a plain
+    ``nice`` does nothing against another component. The session's group gets the same nice value
+    (best effort: kernels without autogroup have no such file, and then plain ``nice`` applies).
+    """
+    os.nice(niceness)
+    try:
+        fd = os.open("/proc/self/autogroup", os.O_WRONLY)
+        try:
+            os.write(fd, str(niceness).encode())
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def start_airflow(
+    stack: StackSettings,
+    target: AirflowTarget,
+    components=tuple(AIRFLOW_COMPONENTS),
+    extra_env: dict[str, str] | None = None,
+) -> None:
+    env = {**os.environ, **airflow_env(stack, target), **(extra_env or {})}
+    logs = target.home / "component-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    (target.home / "run").mkdir(parents=True, exist_ok=True)
+    for component in components:
+        if component_pid(stack, target, component):
+            continue
+        args = [a.format(port=target.api_port) for a in AIRFLOW_COMPONENTS[component]]
+        if component in COMPONENT_LAUNCHERS:
+            command = [sys.executable, *COMPONENT_LAUNCHERS[component], *args[1:]]
+        else:
+            command = [airflow_bin(), *args]
+        niceness = COMPONENT_NICENESS.get(component, 0)
+        with open(logs / f"{component}.log", "ab") as log:
+            proc = subprocess.Popen(
+                command,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=REPO_ROOT,
+                preexec_fn=(lambda n=niceness: _lower_priority(n)) if niceness else None,  # noqa: PLW1509
+            )
+        _pidfile(stack, target, component).write_text(str(proc.pid))
+
+
+def stop_airflow(stack: StackSettings, target: AirflowTarget, timeout: float = 30) -> None:
+    pids = {c: component_pid(stack, target, c) for c in AIRFLOW_COMPONENTS}
+    for pid in filter(None, pids.values()):
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    for component, pid in pids.items():
+        while pid and _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if pid and _alive(pid):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        _pidfile(stack, target, component).unlink(missing_ok=True)
+
+
+def health(target: AirflowTarget) -> dict | None:
+    try:
+        with urllib.request.urlopen(f"{target.api_url}/api/v2/monitor/health", timeout=5) as resp:
+            return json.loads(resp.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def is_healthy(report: dict | None) -> bool:
+    if not report:
+        return False
+    parts = ("metadatabase", "scheduler", "triggerer", "dag_processor")
+    return all((report.get(p) or {}).get("status") == "healthy" for p in parts)
+
+
+def wait_healthy(stack: StackSettings, target: AirflowTarget, timeout: float = 240) -> dict:
+    deadline = time.monotonic() + timeout
+    report = None
+    while time.monotonic() < deadline:
+        report = health(target)
+        if is_healthy(report):
+            return report
+        dead = [c for c in AIRFLOW_COMPONENTS if component_pid(stack, target, c) is None]
+        if dead:
+            raise StackError(f"Airflow component(s) {dead} exited; see {target.home / 'component-logs'}")
+        time.sleep(2)
+    raise StackError(f"Airflow not healthy after {timeout:.0f}s: {report}")
+
+
+def airflow_up(stack: StackSettings | None = None, target: AirflowTarget | None = None) -> AirflowTarget:
+    stack = stack or get_stack_settings()
+    target = target or default_target(stack)
+    pg_up(stack, (target.metadata_db, target.warehouse_db, target.platform_db))
+    prepare_airflow_home(stack, target)
+    migrate_metadata_db(stack, target)
+    start_airflow(stack, target)
+    wait_healthy(stack, target)
+    return target

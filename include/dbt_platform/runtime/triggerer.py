@@ -1,0 +1,207 @@
+"""``python -m include.dbt_platform.runtime.triggerer``: ``airflow triggerer`` without its per-task DAG cost.
+
+Every consumer of a transformation DAG starts in the triggerer (``start_from_trigger``). For each such
+task, Airflow 3.3's triggerer
+
+1. reads the serialised DAG from the database and deserialises it in its supervisor process, to read
+   the task's ``start_from_trigger`` flag (``SerializedDagModel.dag`` deserialises on every access);
+2. sends the whole serialised DAG to its trigger runner process inside the task's ``RunTrigger``
+   workload (``dag_data``: 0.9 MB for 500 models);
+3. deserialises it there a second time, to build the task instance that templates render against.
+
+That is work in tasks x DAG size: about 123 ms per task at 500 models, a minute of CPU per run, and
+all of a run's new workloads go to the runner in one message (over 1 GB at 1,000 models). The
+runner only needs the task itself and the DAG's own settings (params, dates, timetable).
+
+:func:`install` changes two things, in the triggerer's supervisor process only:
+
+- the DAG is read and deserialised once per DAG version (``dag_version_id`` + ``dag_hash``; the
+  last 16 versions are kept);
+- ``dag_data`` is cut down to that one task: the DAG's settings, the task's serialised entry (its
+  downstream ids dropped, as no other task is there), the chain of task groups that holds it, and
+  no edges or DAG dependencies. The runner then deserialises a one-task DAG.
+
+It also keeps the supervisor reading its runner's log lines while it sends the runner a message.
+The runner's event loop writes a log line per trigger it starts ("trigger ... starting"), and blocks
+when the log socket is full; the supervisor stops reading that socket while it sends, and its send
+waits for that same event loop to read. With hundreds of triggers at once (1,000 models: a 3 MB
+message) the two waited for each other for good. While the message does not fit in the socket, the
+patched ``send_msg`` serves the runner's log, stdout and stderr sockets, as its main loop would.
+
+Nothing else changes: the trigger, its kwargs, the template context (``dag``, ``params``,
+``dag_run``, ``ti``...) are built by Airflow's own code from that data. A task that is mapped or
+sits in a mapped task group keeps the whole DAG (its expand input may refer to other tasks), and any
+error while cutting falls back to the whole DAG. The patch is applied only to the Airflow versions it
+was written against (:data:`PATCHED_AIRFLOW`) and where the code has the expected shape; anywhere
+else the triggerer runs unchanged and says so in its log.
+
+The fixes belong upstream (send each DAG version once and cache it on both sides; never block the
+runner's event loop on a log write, or read logs while sending); until then this
+launcher is what the local stack and ``docker-compose.yaml`` start instead of ``airflow triggerer``.
+Arguments are passed on: ``python -m include.dbt_platform.runtime.triggerer --skip-serve-logs``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import select
+import sys
+from typing import Any
+
+from include.dbt_platform.runtime.dag_cut import _CachingDagBag, _VersionCache
+
+log = logging.getLogger("include.dbt_platform.runtime.triggerer")  # also when run as __main__
+
+PATCHED_AIRFLOW = ("3.3.",)
+_EXPECTED_PARAMETERS = ["self", "trigger", "dag_bag", "render_log_fname", "session"]
+_EXPECTED_SEND_PARAMETERS = ["self", "msg", "request_id", "error", "dump_opts"]
+
+
+# ----------------------------------------------------------------------------- sending
+
+
+def _send_serving_logs(supervisor: Any, data: bytes | bytearray) -> None:
+    """``sendall`` to the runner, serving its other sockets whenever the runner is not reading."""
+    sock = supervisor.stdin
+    view = memoryview(data)
+    previous_timeout = sock.gettimeout()
+    sock.setblocking(False)
+    try:
+        while view:
+            try:
+                view = view[sock.send(view) :]
+                continue
+            except BlockingIOError:
+                pass
+            others = {
+                key.fileobj.fileno(): key
+                for key in supervisor.selector.get_map().values()
+                if key.fileobj is not sock
+            }
+            poller = select.poll()
+            poller.register(sock.fileno(), select.POLLOUT)
+            for fd in others:
+                poller.register(fd, select.POLLIN)
+            for fd, _ in poller.poll(1000):
+                key = others.get(fd)
+                if key is None:
+                    continue  # the runner reads again: send on
+                handler, on_close = key.data
+                try:
+                    need_more = handler(key.fileobj)
+                except (BrokenPipeError, ConnectionResetError):
+                    need_more = False
+                if not need_more:  # as WatchedSubprocess._service_subprocess does at EOF
+                    on_close(key.fileobj)
+                    key.fileobj.close()
+    finally:
+        sock.settimeout(previous_timeout)
+
+
+def _send_msg(self, msg, request_id, error=None, **dump_opts):
+    # WatchedSubprocess.send_msg (Airflow 3.3), with a send that cannot lock up with the runner.
+    from airflow.sdk.execution_time.comms import _ResponseFrame
+
+    if msg:
+        frame = _ResponseFrame(id=request_id, body=self._serialize_response(msg, **dump_opts))
+    else:
+        err_resp = self._serialize_response(error) if error else None
+        frame = _ResponseFrame(id=request_id, error=err_resp)
+    _send_serving_logs(self, frame.as_bytes())
+
+
+# ----------------------------------------------------------------------------- the patch
+
+
+def patch_applies() -> str | None:
+    """None if :func:`install` can patch this Airflow, else why not."""
+    import airflow
+
+    if not airflow.__version__.startswith(PATCHED_AIRFLOW):
+        return f"Airflow {airflow.__version__} is not one of {PATCHED_AIRFLOW}"
+    from airflow.executors.workloads import RunTrigger
+    from airflow.jobs.triggerer_job_runner import TriggerRunnerSupervisor
+
+    create = getattr(TriggerRunnerSupervisor, "_create_workload", None)
+    if create is None:
+        return "TriggerRunnerSupervisor._create_workload is gone"
+    if list(inspect.signature(create).parameters) != _EXPECTED_PARAMETERS:
+        return f"TriggerRunnerSupervisor._create_workload{inspect.signature(create)} changed"
+    if "dag_data" not in RunTrigger.model_fields:
+        return "RunTrigger has no dag_data"
+    from airflow.sdk.execution_time.supervisor import WatchedSubprocess
+
+    send = TriggerRunnerSupervisor.send_msg
+    if send is not WatchedSubprocess.send_msg and not getattr(send, "_dbt_platform_patch", False):
+        return "TriggerRunnerSupervisor has its own send_msg"
+    if list(inspect.signature(send).parameters) != _EXPECTED_SEND_PARAMETERS:
+        return f"send_msg{inspect.signature(send)} changed"
+    return None
+
+
+def install() -> bool:
+    """Patch the triggerer supervisor (this process); False, with a warning, where it does not apply."""
+    from airflow.jobs.triggerer_job_runner import TriggerRunnerSupervisor
+
+    if getattr(TriggerRunnerSupervisor._create_workload, "_dbt_platform_patch", False):
+        return True
+    reason = patch_applies()
+    if reason:
+        log.warning("Triggerer runs unpatched (each task gets the whole DAG): %s", reason)
+        return False
+    original = TriggerRunnerSupervisor._create_workload
+    cache = _VersionCache()
+    failures: set[str] = set()
+
+    def _create_workload(self, trigger, dag_bag, render_log_fname, session):
+        bag = _CachingDagBag(dag_bag, cache)
+        workload = original(self, trigger, bag, render_log_fname, session)
+        if workload is None or workload.dag_data is None or workload.ti is None:
+            return workload
+        version = bag.version
+        try:
+            cut = version.task_only(workload.ti.task_id) if version is not None else None
+        except Exception as err:  # never fail a trigger the stock code would start
+            if workload.ti.dag_id not in failures:
+                failures.add(workload.ti.dag_id)
+                log.warning("Sending the whole DAG %s to the runner: %r", workload.ti.dag_id, err)
+            cut = None
+        if cut is not None:
+            workload.dag_data = cut
+            if not version.announced:
+                version.announced = True
+                log.info(
+                    "DAG %s version %s: each start_from_trigger task goes to the runner alone "
+                    "(%d KB instead of %d KB)",
+                    workload.ti.dag_id,
+                    version.version_id,
+                    len(json.dumps(cut)) // 1024,
+                    len(json.dumps(version.data)) // 1024,
+                )
+        return workload
+
+    _create_workload._dbt_platform_patch = True  # type: ignore[attr-defined]
+    _create_workload.__wrapped__ = original  # type: ignore[attr-defined]
+    TriggerRunnerSupervisor._create_workload = _create_workload  # type: ignore[method-assign]
+    _send_msg._dbt_platform_patch = True  # type: ignore[attr-defined]
+    TriggerRunnerSupervisor.send_msg = _send_msg  # type: ignore[method-assign]
+    log.info(
+        "Triggerer: DAGs cached per version, each start_from_trigger task gets only itself, "
+        "runner logs served while sending"
+    )
+    return True
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    install()
+    from airflow.__main__ import main as airflow_main
+
+    sys.argv = ["airflow", "triggerer", *args]
+    airflow_main()
+
+
+if __name__ == "__main__":
+    main()

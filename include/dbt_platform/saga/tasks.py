@@ -1,0 +1,85 @@
+"""The Airflow task graph of a saga, built from its definition (see :mod:`.engine` for the shape)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from include.dbt_platform.saga.definition import SagaDefinition
+from include.dbt_platform.saga.engine import (
+    compensate_task,
+    complete_saga,
+    recover_run,
+    report_outcome,
+    run_step,
+)
+
+
+def build_tasks(definition: SagaDefinition) -> dict[str, Any]:
+    """Create the saga's tasks in the current DAG context and wire them."""
+    from airflow.providers.standard.operators.python import PythonOperator
+    from airflow.sdk import TriggerRule, chain
+
+    bookkeeping = definition.task_retry
+    forward = []
+    for step in definition.steps:
+        forward.append(
+            PythonOperator(
+                task_id=step.name,
+                python_callable=_bind(run_step, definition, step),
+                retries=step.retry.retries,
+                retry_delay=step.retry.delay,
+                retry_exponential_backoff=True,
+                max_retry_delay=step.retry.max_delay,
+                execution_timeout=step.timeout,
+                doc_md=step.doc or None,
+            )
+        )
+    complete_task = PythonOperator(  # noqa: AIR001 - complete_saga is the function it runs
+        task_id="complete_saga",
+        python_callable=_bind(complete_saga, definition),
+        retries=bookkeeping.retries,
+        retry_delay=bookkeeping.delay,
+    )
+    compensate = PythonOperator(  # noqa: AIR001 - name of the graph role
+        task_id="compensate",
+        python_callable=_bind(compensate_task, definition),
+        trigger_rule=TriggerRule.ONE_FAILED,
+        retries=bookkeeping.retries,
+        retry_delay=bookkeeping.delay,
+        retry_exponential_backoff=True,
+        doc_md="Runs only when a forward step failed for good: undoes, newest first, what this saga did.",
+    )
+    outcome = PythonOperator(  # noqa: AIR001 - name of the graph role
+        task_id="report_outcome",
+        python_callable=_bind(report_outcome, definition),
+        trigger_rule=TriggerRule.ALL_DONE,
+        retries=bookkeeping.retries,
+        retry_delay=bookkeeping.delay,
+        doc_md="The run's verdict: succeeds only when the saga COMPLETED.",
+    )
+    chain(*forward, complete_task)
+    for task in [*forward, complete_task]:
+        task >> compensate
+    [complete_task, compensate] >> outcome
+    return {"forward": forward, "complete": complete_task, "compensate": compensate, "outcome": outcome}
+
+
+def _bind(fn, *args):
+    def call(**context):
+        return fn(*args, context)
+
+    call.__name__ = fn.__name__
+    return call
+
+
+def failure_callback(definition: SagaDefinition):
+    """The DAG's ``on_failure_callback`` (run by the dag-processor): also fires on ``dagrun_timeout``,
+    when Airflow marks the unfinished tasks skipped and ``compensate`` never runs."""
+
+    def compensate_unfinished_saga(context) -> None:
+        run = context["dag_run"]
+        recover_run(
+            definition, run.dag_id, run.run_id, reason=f"run ended {run.state}: {context.get('reason')}"
+        )
+
+    return compensate_unfinished_saga

@@ -1,0 +1,14 @@
+"""dbt projects become Cosmos DAGs: one DAG per project under ``dbt_projects/`` and per registered one.
+
+    projects.py       discovery: what a project is, ``platform.yml`` (read and written only here)
+    dbt.py            the one way the platform runs dbt itself (manifests, warehouse_setup)
+    manifests.py      ``dbt parse`` -> ``target/manifest.json`` (``make manifests``)
+    cosmos_config.py  every Cosmos configuration object, built in one place
+    factory.py        the DAG factory (``dags/transformations.py``) and the import-error report
+    assets.py         stable Airflow assets per model, for data-aware scheduling
+    marts_report.py   what the example downstream DAG computes
+    watcher/          the ``triggerer`` execution mode (the default): one dbt build, node tasks in
+                      the triggerer
+
+It imports :mod:`include.dbt_platform.config`, the Postgres adapter, Cosmos, dbt and Airflow.
+"""

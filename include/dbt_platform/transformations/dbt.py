@@ -1,0 +1,132 @@
+"""The one way the platform itself runs dbt: in this process, through dbt's own ``dbtRunner``.
+
+Two profiles: :func:`parse_profile` (``dbt parse`` needs one but never connects: no real credentials)
+and :func:`airflow_profile` (rendered by Cosmos from the project's Airflow connection, as the
+transformation DAGs use it). Cosmos' operators run dbt themselves, the same way
+(``InvocationMode.DBT_RUNNER``); this module is for the manifest build and ``warehouse_setup``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from include.dbt_platform.config import Settings, get_settings
+from include.dbt_platform.transformations.projects import DbtProject
+
+PARSE_TARGET = "parse"
+AIRFLOW_TARGET = "airflow"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A profiles folder for one invocation, and the environment variables its profile reads."""
+
+    profiles_dir: Path
+    target: str
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class DbtOutcome:
+    success: bool
+    nodes: list[dict]
+    error: str | None
+
+
+@contextlib.contextmanager
+def parse_profile(project: DbtProject) -> Iterator[Profile]:
+    """A throwaway profile that lets ``dbt parse`` run; it is never used to connect."""
+    outputs = {
+        PARSE_TARGET: {
+            "type": "postgres",
+            "host": "127.0.0.1",
+            "port": 5432,
+            "user": "dbt_parse",
+            "password": "unused",
+            "dbname": "dbt_parse",
+            "schema": project.schema,
+            "threads": 1,
+        }
+    }
+    with tempfile.TemporaryDirectory(prefix="dbt-parse-profile-") as folder:
+        Path(folder, "profiles.yml").write_text(
+            yaml.safe_dump({project.profile_name: {"target": PARSE_TARGET, "outputs": outputs}})
+        )
+        yield Profile(Path(folder), PARSE_TARGET)
+
+
+@contextlib.contextmanager
+def airflow_profile(project: DbtProject, settings: Settings | None = None) -> Iterator[Profile]:
+    """The profile Cosmos renders from the project's Airflow connection (credentials as env vars)."""
+    from include.dbt_platform.transformations import cosmos_config
+
+    config = cosmos_config.profile_config(project, settings or get_settings())
+    with config.ensure_profile() as (profile_path, env_vars):
+        yield Profile(Path(profile_path).parent, AIRFLOW_TARGET, dict(env_vars))
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def run(
+    project: DbtProject,
+    args: list[str],
+    profile: Profile,
+    *,
+    target_path: Path | None = None,
+    log_path: Path | None = None,
+) -> DbtOutcome:
+    """``dbt <args>`` for ``project`` with ``profile``; node results and the first error, if any."""
+    from dbt.cli.main import dbtRunner
+
+    command = [
+        *args,
+        "--project-dir", str(project.path),
+        "--profiles-dir", str(profile.profiles_dir),
+        "--profile", project.profile_name,
+        "--target", profile.target,
+    ]  # fmt: skip
+    if target_path is not None:
+        command += ["--target-path", str(target_path)]
+    if log_path is not None:
+        command += ["--log-path", str(log_path)]
+    with _environment({"DBT_SEND_ANONYMOUS_USAGE_STATS": "false", "DO_NOT_TRACK": "true", **profile.env}):
+        result = dbtRunner().invoke(command)
+    nodes = []
+    for r in getattr(result.result, "results", None) or []:
+        response = getattr(r, "adapter_response", None) or {}
+        nodes.append(
+            {
+                "name": r.node.name,
+                "type": r.node.resource_type,
+                "status": str(r.status),
+                "seconds": round(r.execution_time or 0, 2),
+                "rows": response.get("rows_affected"),
+                "message": r.message,
+            }
+        )
+    error = None
+    if result.exception is not None:
+        error = str(result.exception).strip()
+    elif not result.success:
+        failed = [n for n in nodes if n["status"] in ("error", "fail", "runtime error")]
+        error = "; ".join(f"{n['name']}: {n['message']}" for n in failed) or "dbt reported a failure"
+    return DbtOutcome(success=bool(result.success), nodes=nodes, error=error)

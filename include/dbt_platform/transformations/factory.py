@@ -1,0 +1,133 @@
+"""The DAG factory: one Cosmos transformation DAG per dbt project.
+
+``dags/transformations.py`` calls :func:`build_transformation_dags` for every loadable project;
+``dags/transformation_import_errors.py`` turns every project that cannot be loaded into an import
+error naming it. Two files because Airflow records import errors per file and marks every DAG of a
+failing file stale: one broken project must not hide the healthy ones.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+
+from cosmos import DbtDag
+
+from include.dbt_platform.config import Settings, get_settings
+from include.dbt_platform.transformations import cosmos_config
+from include.dbt_platform.transformations.assets import model_asset
+from include.dbt_platform.transformations.projects import DbtProject, DbtProjectError, discover
+from include.dbt_platform.transformations.watcher import run_consumers_in_triggerer
+
+log = logging.getLogger(__name__)
+
+START_DATE = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+def dag_doc(project: DbtProject, test_behavior: str) -> str:
+    tasks = (
+        "Each dbt model (seed, snapshot) and its tests are one task; "
+        if test_behavior == "build"
+        else "Each dbt model is a task followed by a task running its tests; "
+    )
+    return (
+        f"# dbt project `{project.name}`\n\n"
+        f"{project.description or 'Transformations of the dbt project at'} `{project.path}`.\n\n"
+        f"{tasks}seeds load first. "
+        f"dbt runs against Airflow connection `{project.conn_id}`, schema `{project.schema}`. "
+        "Models emit Airflow assets, so downstream DAGs can be scheduled on them.\n\n"
+        "Rendered by astronomer-cosmos from the project's manifest "
+        "(`make manifests` rebuilds it)."
+    )
+
+
+def build_transformation_dag(project: DbtProject, settings: Settings | None = None) -> DbtDag:
+    settings = settings or get_settings()
+    mode = cosmos_config.mode_of(project, settings)
+    behavior = cosmos_config.test_behavior_of(project, settings)
+    dag = DbtDag(
+        dag_id=project.name,
+        project_config=cosmos_config.project_config(project),
+        profile_config=cosmos_config.profile_config(project, settings),
+        execution_config=cosmos_config.execution_config(project, settings),
+        render_config=cosmos_config.render_config(mode, behavior),
+        operator_args={
+            "install_deps": False,
+            # dbt's debug log file would go to the task's temporary copy of the project, deleted when
+            # the task ends: nobody reads it, and writing it costs the build about a tenth of its CPU.
+            # What dbt prints still goes to the task log.
+            "dbt_cmd_global_flags": ["--log-level-file", "none"],
+        },
+        schedule=project.schedule,
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        doc_md=dag_doc(project, behavior),
+        tags=["dbt", "transformations", *project.tags],
+        default_args={
+            "owner": project.owner,
+            "retries": 2,
+            "retry_delay": timedelta(seconds=30),
+            "retry_exponential_backoff": True,
+        },
+    )
+    if mode == "triggerer":
+        run_consumers_in_triggerer(dag, poke_interval=settings.watcher_poke_interval)
+    declare_model_assets(dag, project)
+    return dag
+
+
+def declare_model_assets(dag: DbtDag, project: DbtProject) -> None:
+    """Give every model a stable asset (:func:`~.assets.model_asset`), emitted when it is refreshed.
+
+    LOCAL: each model's run (or build) task carries its model's asset. Triggerer mode: node tasks end in the
+    triggerer, where Airflow emits no asset events, so the producer (the one ``dbt build``) carries
+    them all and emits them when the build succeeds.
+    """
+    from cosmos.operators.local import DbtBuildLocalOperator, DbtRunLocalOperator
+    from cosmos.operators.watcher import DbtProducerWatcherOperator
+
+    models = {}
+    for task in dag.tasks:
+        node = (getattr(task, "extra_context", None) or {}).get("dbt_node_config") or {}
+        # A model's run or build task; its tests' task carries the same node.
+        if node.get("resource_type") == "model" and isinstance(
+            task, (DbtRunLocalOperator, DbtBuildLocalOperator)
+        ):
+            models[node["unique_id"]] = task
+    outlets = {uid: model_asset(project.name, uid.split(".")[-1]) for uid in models}
+    producers = [t for t in dag.tasks if isinstance(t, DbtProducerWatcherOperator)]
+    if producers:
+        producers[0].outlets = [*producers[0].outlets, *outlets.values()]
+    else:
+        for uid, task in models.items():
+            task.outlets = [*task.outlets, outlets[uid]]
+
+
+def build_transformation_dags(settings: Settings | None = None) -> dict[str, DbtDag]:
+    """Build the DAG of every loadable project. Unloadable ones are reported by the other DAG file."""
+    from airflow.sdk import get_parsing_context
+
+    settings = settings or get_settings()
+    projects = discover(settings).projects
+    # A task process parses this file only to run one DAG's task: render just that DAG (Airflow's
+    # parsing context). The dag-processor has no DAG id in its context and renders them all.
+    wanted = get_parsing_context().dag_id
+    if wanted is not None and any(p.name == wanted for p in projects):
+        projects = [p for p in projects if p.name == wanted]
+    dags: dict[str, DbtDag] = {}
+    for project in projects:
+        try:
+            dags[project.name] = build_transformation_dag(project, settings)
+        except Exception:  # one project's Cosmos error must not take the others down
+            log.exception("dbt project '%s' (%s) could not be rendered by Cosmos", project.name, project.path)
+    return dags
+
+
+def raise_for_unloadable_projects(settings: Settings | None = None) -> None:
+    """Raise one DbtProjectError naming every project that cannot be loaded (none: return)."""
+    errors = discover(settings).errors
+    if errors:
+        lines = [f"{len(errors)} dbt project(s) cannot be turned into DAGs:"]
+        lines += [f"- {reason}" for _, reason in sorted(errors.items())]
+        raise DbtProjectError("\n".join(lines))

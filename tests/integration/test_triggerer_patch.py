@@ -1,0 +1,319 @@
+"""The triggerer launcher sends each ``start_from_trigger`` task to its runner alone, not the whole DAG,
+and keeps reading the runner's log while it sends.
+
+What the trigger runner builds from the cut data (Airflow's own ``TriggerRunner.create_runtime_ti``,
+then ``get_template_context`` and the trigger's template rendering) must be what it builds from the
+whole serialised DAG. Checked on the real transformation DAG (both test behaviors: ``after_each`` puts
+tasks in task groups) and on a DAG with params, nested task groups and a templated trigger. The
+supervisor side runs on the real scheduler (tests/test_transformations_on_scheduler.py).
+"""
+
+from __future__ import annotations
+
+import json
+import selectors
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+from datetime import datetime
+from types import SimpleNamespace
+
+import pytest
+from airflow.executors.workloads import TaskInstanceDTO
+from airflow.jobs.triggerer_job_runner import TriggerRunner
+from airflow.sdk import DAG, BaseOperator, Param, TaskGroup, task
+from airflow.serialization.serialized_objects import DagSerialization
+from airflow.triggers.base import BaseTrigger, StartTriggerArgs
+
+from include.dbt_platform.config import REPO_ROOT
+from include.dbt_platform.runtime import triggerer
+from include.dbt_platform.runtime.dag_cut import _Version
+from include.dbt_platform.runtime.triggerer import _send_serving_logs
+from tests.harness import build_manifest, copy_project
+
+RUN_ID = "manual__2026-11-23T10:00:00+00:00"
+DAG_RUN = {
+    "run_id": RUN_ID,
+    "logical_date": "2026-11-23T10:00:00+00:00",
+    "data_interval_start": "2026-11-23T10:00:00+00:00",
+    "data_interval_end": "2026-11-23T10:00:00+00:00",
+    "run_after": "2026-11-23T10:00:00+00:00",
+    "start_date": "2026-11-23T10:00:01+00:00",
+    "end_date": None,
+    "run_type": "manual",
+    "state": "running",
+    "conf": {"who": "conf"},
+    "consumed_asset_events": [],
+    "partition_key": None,
+}
+CONTEXT_VALUES = ("run_id", "ds", "ts", "logical_date", "params", "task_instance_key_str", "conn", "var")
+
+
+class Serialised:
+    """What the supervisor holds: a serialised DAG model (``data``, ``dag``, its version)."""
+
+    def __init__(self, dag) -> None:
+        self.data = json.loads(json.dumps(DagSerialization.to_dict(dag)))  # as read from the table
+        self.dag_version_id = uuid.uuid4()
+        self.dag_hash = "h"
+
+    @property
+    def dag(self):
+        return DagSerialization.from_dict(self.data)
+
+
+def runtime_ti(dag_data: dict, dag_id: str, task_id: str):
+    ti = TaskInstanceDTO(
+        id=uuid.uuid4(), dag_version_id=uuid.uuid4(), task_id=task_id, dag_id=dag_id, run_id=RUN_ID,
+        try_number=1, map_index=-1, pool_slots=1, queue="default", priority_weight=1,
+    )  # fmt: skip
+    return TriggerRunner.create_runtime_ti(ti, dag_data, {"dag_id": dag_id, **DAG_RUN})
+
+
+def trigger_tasks(dag) -> list[str]:
+    return [t.task_id for t in dag.tasks if getattr(t, "start_from_trigger", False)]
+
+
+def assert_same_runtime(model: Serialised, task_id: str) -> dict:
+    """The runner's task, context and rendered trigger from the cut equal those from the whole DAG."""
+    cut = _Version(model).task_only(task_id)
+    assert cut is not None, f"{task_id} was not cut"
+    assert [t["__var"]["task_id"] for t in cut["dag"]["tasks"]] == [task_id]
+    dag_id = model.data["dag"]["dag_id"]
+    whole, alone = runtime_ti(model.data, dag_id, task_id), runtime_ti(cut, dag_id, task_id)
+    for attr in ("task_id", "task_type", "start_trigger_args", "retries", "retry_delay", "owner",
+                 "trigger_rule", "template_fields", "upstream_task_ids", "inlets", "outlets"):  # fmt: skip
+        if attr == "upstream_task_ids":
+            assert getattr(alone.task, attr) == set(), "the cut has no other task to point at"
+            continue
+        assert getattr(alone.task, attr) == getattr(whole.task, attr), attr
+    for field in whole.task.template_fields:
+        assert getattr(alone.task, field) == getattr(whole.task, field), field
+    assert alone.task.task_group.group_id == whole.task.task_group.group_id
+    assert alone.task.dag.params.dump() == whole.task.dag.params.dump()
+    context_whole, context_alone = whole.get_template_context(), alone.get_template_context()
+    assert set(context_alone) == set(context_whole)
+    for key in CONTEXT_VALUES:
+        assert repr(context_alone[key]) == repr(context_whole[key]), key
+    assert context_alone["dag"].dag_id == context_whole["dag"].dag_id
+    assert context_alone["task"].task_id == context_whole["task"].task_id
+    assert len(json.dumps(cut)) < len(json.dumps(model.data))
+    return {"whole": (whole, context_whole), "alone": (alone, context_alone)}
+
+
+@pytest.mark.parametrize("test_behavior", ["build", "after_each"])
+def test_every_node_of_a_transformation_dag_gets_the_same_task_and_context(tmp_path, test_behavior):
+    from include.dbt_platform.transformations.factory import build_transformation_dag
+    from include.dbt_platform.transformations.projects import load_project
+
+    project = copy_project("inventory_transforms", tmp_path, "cut_check")
+    (project / "platform.yml").write_text(
+        f"schema: cut_check\nexecution_mode: triggerer\ntest_behavior: {test_behavior}\n"
+    )
+    build_manifest(project)
+    model = Serialised(build_transformation_dag(load_project(project)))
+    nodes = trigger_tasks(model.dag)
+    assert len(nodes) >= 6
+    if test_behavior == "after_each":
+        assert any("." in node for node in nodes), "after_each puts a model's tasks in a task group"
+    for node in nodes:
+        assert_same_runtime(model, node)
+
+
+MESSAGE = "{{ params.env }}/{{ dag.dag_id }}/{{ task.task_id }}/{{ run_id }}"
+
+
+class Greeting(BaseTrigger):
+    template_fields = ("message",)
+
+    def __init__(self, message: str) -> None:
+        super().__init__()
+        self.message = message
+
+    def serialize(self):
+        return f"{type(self).__module__}.{type(self).__qualname__}", {"message": self.message}
+
+    async def run(self):  # pragma: no cover - never run here
+        yield None
+
+
+class StartsInTriggerer(BaseOperator):
+    template_fields = ("greeting", "message")
+
+    def __init__(self, greeting: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.greeting = greeting
+        self.message = MESSAGE
+        self.start_from_trigger = True
+        self.start_trigger_args = StartTriggerArgs(
+            trigger_cls=f"{Greeting.__module__}.Greeting",
+            trigger_kwargs={"message": MESSAGE},
+            next_method="execute_complete",
+            next_kwargs=None,
+            timeout=None,
+        )
+
+    def execute_complete(self, context, event=None):  # pragma: no cover - never run here
+        return event
+
+
+def templated_dag():
+    with DAG(
+        "cut_templates",
+        schedule=None,
+        start_date=datetime(2026, 1, 1),
+        params={"env": Param("prod", type="string")},
+    ) as dag:
+        first = StartsInTriggerer(task_id="first", greeting="{{ params.env }}")
+        with TaskGroup("outer"), TaskGroup("inner"):
+            nested = StartsInTriggerer(task_id="nested", greeting="{{ ds }}")
+        last = StartsInTriggerer(task_id="last", greeting="x")
+        first >> nested >> last
+
+        @task
+        def numbers():
+            return [1, 2]
+
+        @task
+        def double(n):
+            return n * 2
+
+        double.expand(n=numbers())
+    return dag
+
+
+def test_params_groups_and_trigger_templates_render_the_same():
+    model = Serialised(templated_dag())
+    assert trigger_tasks(model.dag) == ["first", "outer.inner.nested", "last"]
+    for task_id in trigger_tasks(model.dag):
+        got = assert_same_runtime(model, task_id)
+        renders = {}
+        for side in ("whole", "alone"):
+            ti, context = got[side]
+            trigger = Greeting(message=MESSAGE)  # as the scheduler stored it from start_trigger_args
+            trigger.task_instance = ti  # as TriggerRunner.create_triggers does; picks template_fields
+            assert trigger.template_fields == ("message",)
+            trigger.render_template_fields(context=context)
+            renders[side] = trigger.message
+        assert renders["alone"] == renders["whole"] == f"prod/cut_templates/{task_id}/{RUN_ID}"
+    assert model.data["dag"]["task_group"]["children"]["outer"][1]["children"]["outer.inner"]
+
+
+def test_a_mapped_task_keeps_the_whole_dag():
+    model = Serialised(templated_dag())
+    assert _Version(model).task_only("double") is None
+    assert _Version(model).task_only("no_such_task") is None
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter (the patch changes Airflow's classes); it must succeed."""
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out
+
+
+def test_the_launcher_patches_this_airflow_and_only_once():
+    assert triggerer.patch_applies() is None, (
+        "re-check include/dbt_platform/runtime/triggerer.py on this Airflow"
+    )
+    code = (
+        "from include.dbt_platform.runtime import triggerer\n"
+        "from airflow.jobs.triggerer_job_runner import TriggerRunnerSupervisor as S\n"
+        "original = S._create_workload\n"
+        "assert triggerer.install() and triggerer.install()\n"
+        "assert S._create_workload.__wrapped__ is original\n"
+        "assert S.send_msg._dbt_platform_patch\n"
+        "print('patched')\n"
+    )
+    assert "patched" in run_python(code).stdout
+
+
+def test_another_airflow_version_runs_unpatched_and_says_so():
+    code = (
+        "import airflow\n"
+        "airflow.__version__ = '3.4.0'\n"
+        "from include.dbt_platform.runtime import triggerer\n"
+        "from airflow.jobs.triggerer_job_runner import TriggerRunnerSupervisor as S\n"
+        "original = S._create_workload\n"
+        "assert triggerer.install() is False\n"
+        "assert S._create_workload is original\n"
+    )
+    out = run_python(code)
+    assert "Triggerer runs unpatched" in out.stdout + out.stderr
+    assert "Airflow 3.4.0 is not one of" in out.stdout + out.stderr
+
+
+class RunnerBlockedOnItsLog:
+    """A trigger runner as seen from its supervisor: a request socket and a log socket.
+
+    Its event loop first writes a burst of log lines (as it does for triggers starting), which blocks
+    once the log socket is full, and only then reads the message the supervisor sends it.
+    """
+
+    LOG_BYTES = 2_000_000
+    MESSAGE = b"m" * 4_000_000  # bigger than the socket buffers, as 1,000 new triggers were
+
+    def __init__(self) -> None:
+        self.requests, runner_requests = socket.socketpair()
+        self.logs, runner_logs = socket.socketpair()
+        self.logged = 0
+        self.received = bytearray()
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.requests, selectors.EVENT_READ, (lambda _s: True, lambda _s: None))
+        self.selector.register(self.logs, selectors.EVENT_READ, (self._read_log, self.selector.unregister))
+
+        def event_loop() -> None:
+            try:
+                runner_logs.sendall(b"l" * self.LOG_BYTES)
+                while len(self.received) < len(self.MESSAGE):
+                    self.received.extend(runner_requests.recv(1 << 20))
+            except OSError:
+                pass
+
+        self.thread = threading.Thread(target=event_loop, daemon=True)
+        self.thread.start()
+        self.supervisor = SimpleNamespace(stdin=self.requests, selector=self.selector)
+
+    def _read_log(self, sock) -> bool:
+        data = sock.recv(1 << 16)
+        self.logged += len(data)
+        return bool(data)
+
+    def close(self) -> None:
+        self.requests.close()
+        self.logs.close()
+
+
+def test_a_plain_send_to_a_runner_blocked_on_its_log_locks_up():
+    # What Airflow 3.3's send_msg does (sendall, logs unread meanwhile); a timeout stands for "for ever".
+    runner = RunnerBlockedOnItsLog()
+    try:
+        runner.requests.settimeout(3)
+        with pytest.raises(TimeoutError):
+            runner.requests.sendall(runner.MESSAGE)
+        assert runner.logged == 0
+    finally:
+        runner.close()
+
+
+def test_the_launchers_send_serves_the_runners_log_until_the_runner_reads():
+    runner = RunnerBlockedOnItsLog()
+    try:
+        done = threading.Event()
+        sender = threading.Thread(
+            target=lambda: (_send_serving_logs(runner.supervisor, runner.MESSAGE), done.set()), daemon=True
+        )
+        sender.start()
+        assert done.wait(timeout=60), "the send locked up"
+        runner.thread.join(timeout=30)
+        assert bytes(runner.received) == runner.MESSAGE
+        assert runner.logged > 0, "the log was served while sending"
+        runner.logs.settimeout(5)
+        while runner.logged < runner.LOG_BYTES and runner._read_log(runner.logs):
+            pass  # what the supervisor's main loop reads next
+        assert runner.logged == runner.LOG_BYTES
+        assert runner.requests.gettimeout() is None, "the socket is blocking again afterwards"
+    finally:
+        runner.close()

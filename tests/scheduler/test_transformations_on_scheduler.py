@@ -1,0 +1,185 @@
+"""Transformation DAGs in the triggerer mode, on the real scheduler (the mode make run uses).
+
+One ``dbt build`` in the producer task; every node's task starts and ends in the triggerer. Checked
+here: the run succeeds with every node's task green and none of them on a worker; the marts' assets
+start the downstream DAG; a model that fails fails the run's nodes downstream of it, and its
+automatic retry (on a worker) succeeds once the cause is fixed, followed by its downstream nodes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from devstack.airflow import AIRFLOW_COMPONENTS, COMPONENT_NICENESS, component_pid
+from tests.harness import STACK, query, wait_for
+from tests.scheduler.live import LIVE_PROJECTS_DIR, LIVE_TARGET
+
+DAG_ID = "inventory_transforms"
+FLAKY = "flaky_transforms"
+
+
+def run_id() -> str:
+    return f"test__{uuid.uuid4().hex[:10]}"
+
+
+def task_instances(client, dag_id: str, run: str) -> dict[str, dict]:
+    return {ti["task_id"]: ti for ti in client.task_instances(dag_id, run)}
+
+
+@pytest.fixture(scope="module")
+def client(live_airflow):
+    live_airflow.wait_for_dag(DAG_ID)
+    live_airflow.wait_for_dag("inventory_marts_report")
+    live_airflow.request("PATCH", "/dags/inventory_marts_report", {"is_paused": False})
+    return live_airflow
+
+
+def test_every_node_runs_in_the_triggerer_and_the_marts_start_the_downstream_dag(client, warehouse):
+    _, before = client.request("GET", "/dags/inventory_marts_report/dagRuns?limit=100")
+    known = {r["dag_run_id"] for r in before.get("dag_runs", [])}
+    run = run_id()
+    status, body = client.trigger(DAG_ID, run)
+    assert status == 200, body
+    assert client.wait_for_run(DAG_ID, run, timeout=300)["state"] == "success"
+
+    tis = task_instances(client, DAG_ID, run)
+    nodes = {t: ti for t, ti in tis.items() if t != "dbt_producer_watcher"}
+    # One task per model with its tests (test behavior build), one per seed.
+    assert set(nodes) == {
+        "raw_users_seed_build", "raw_applications_seed_build", "stg_users_model_build",
+        "stg_applications_model_build", "fct_users_model_build", "fct_applications_model_build",
+    }  # fmt: skip
+    assert all(ti["state"] == "success" for ti in nodes.values()), nodes
+    # No worker process ran a node: they started and ended in the triggerer, on their first try.
+    assert all(not ti["hostname"] and ti["try_number"] == 1 for ti in nodes.values())
+    assert tis["dbt_producer_watcher"]["hostname"], "the build itself ran on a worker"
+    assert query(warehouse, "select count(*) from inventory_transforms.fct_users")[0][0] == 12
+    # The stack's triggerer is the project's launcher: each node's task went to its trigger runner
+    # alone, not with the whole DAG (include/dbt_platform/runtime/triggerer.py).
+    _, dag_run = client.request("GET", f"/dags/{DAG_ID}/dagRuns/{run}")
+    versions = [v["id"] for v in dag_run["dag_versions"]]
+    triggerer_log = (LIVE_TARGET.home / "component-logs" / "triggerer.log").read_text()
+    assert any(
+        f"DAG {DAG_ID} version {v}: each start_from_trigger task goes to the runner alone" in triggerer_log
+        for v in versions
+    ), versions
+
+    def downstream_run():
+        _, runs = client.request("GET", "/dags/inventory_marts_report/dagRuns?limit=100")
+        new = [r for r in runs.get("dag_runs", []) if r["dag_run_id"] not in known]
+        return next((r for r in new if r["state"] in ("success", "failed")), None)
+
+    downstream = wait_for(downstream_run, 120, "inventory_marts_report to run on the marts' assets")
+    assert downstream["run_type"] == "asset_triggered"
+    assert downstream["state"] == "success"
+
+
+FLAKY_MODELS = {
+    "needs_input.sql": "select id from {{ target.schema }}_ext.input\n",
+    "after_input.sql": "select id * 2 as id from {{ ref('needs_input') }}\n",
+    "independent.sql": "select 1 as id\n",
+}
+
+
+@pytest.fixture(scope="module")
+def flaky_project(live_airflow, warehouse_module) -> str:
+    """A project whose `needs_input` model fails until the table it reads exists."""
+    from tests.harness import build_manifest
+
+    root = LIVE_PROJECTS_DIR / FLAKY
+    (root / "models").mkdir(parents=True, exist_ok=True)
+    (root / "dbt_project.yml").write_text(
+        f"name: {FLAKY}\nversion: '1.0.0'\nconfig-version: 2\nprofile: {FLAKY}\n"
+        "models:\n  +materialized: table\n"
+    )
+    for name, body in FLAKY_MODELS.items():
+        (root / "models" / name).write_text(body)
+    (root / "models" / "_models.yml").write_text(
+        "version: 2\nmodels:\n"
+        + "".join(
+            f"  - name: {Path(n).stem}\n    columns:\n      - name: id\n        data_tests: [not_null]\n"
+            for n in FLAKY_MODELS
+        )  # fmt: skip
+    )
+    (root / "platform.yml").write_text(f"schema: {FLAKY}\nschedule: none\n")
+    build_manifest(root)
+    with warehouse_module.cursor() as cur:
+        cur.execute(f"drop schema if exists {FLAKY} cascade")
+        cur.execute(f"drop schema if exists {FLAKY}_ext cascade")
+    written = time.time()
+
+    def parsed_since_written():
+        # A DAG of that name may linger from an earlier session (stale): wait for a fresh parse.
+        status, dag = live_airflow.request("GET", f"/dags/{FLAKY}")
+        parsed = dag.get("last_parsed_time") if status == 200 else None
+        fresh = parsed and datetime.fromisoformat(parsed.replace("Z", "+00:00")).timestamp() > written
+        return fresh and not dag.get("is_stale")
+
+    wait_for(parsed_since_written, 240, f"the dag-processor to parse {FLAKY}")
+    return FLAKY
+
+
+def test_a_failed_model_fails_downstream_then_retries_on_a_worker_once_fixed(
+    client, flaky_project, warehouse
+):
+    run = run_id()
+    status, body = client.trigger(flaky_project, run)
+    assert status == 200, body
+
+    def needs_input_failed_once():
+        ti = task_instances(client, flaky_project, run).get("needs_input_model_build") or {}
+        return (ti.get("state") == "up_for_retry" or (ti.get("try_number") or 0) >= 2) and ti
+
+    wait_for(needs_input_failed_once, 240, "needs_input_model_build to fail its first try")
+    # Nodes off the failed path are not affected (their results may land a poll later).
+    wait_for(
+        lambda: task_instances(client, flaky_project, run)["independent_model_build"]["state"] == "success",
+        60,
+        "independent_model_build to succeed",
+    )
+    tis = task_instances(client, flaky_project, run)
+    assert tis["independent_model_build"]["try_number"] == 1
+    assert tis["after_input_model_build"]["state"] in ("up_for_retry", "scheduled", "deferred", "failed")
+
+    with warehouse.cursor() as cur:  # fix the cause: the input table appears
+        cur.execute(f"create schema if not exists {flaky_project}_ext")
+        cur.execute(f"create table if not exists {flaky_project}_ext.input as select 1 as id")
+
+    final = client.wait_for_run(flaky_project, run, timeout=300)
+    tis = task_instances(client, flaky_project, run)
+    assert final["state"] == "success", {t: (ti["state"], ti["try_number"]) for t, ti in tis.items()}
+    assert tis["needs_input_model_build"]["try_number"] >= 2 and tis["needs_input_model_build"]["hostname"], (
+        "the retry ran dbt for that model on a worker"
+    )
+    assert (
+        tis["after_input_model_build"]["state"] == "success"
+        and tis["after_input_model_build"]["try_number"] >= 2
+    )
+    assert tis["independent_model_build"]["try_number"] == 1
+    assert query(warehouse, f"select id from {flaky_project}.after_input") == [(2,)]
+
+
+def test_components_off_the_critical_path_yield_the_cpu_to_the_tasks(live_airflow):
+    """The build runs in the scheduler's process tree (LocalExecutor); the dag-processor and the
+    triggerer run at a lower priority, also between sessions (Linux autogroups), where a plain
+    ``nice`` has no effect."""
+    pids = {c: component_pid(STACK, LIVE_TARGET, c) for c in AIRFLOW_COMPONENTS}
+    assert all(pids.values()), pids
+    assert COMPONENT_NICENESS, "nothing is deprioritised"
+    groups = set()
+    for component, pid in pids.items():
+        expected = COMPONENT_NICENESS.get(component, 0)
+        assert os.getpriority(os.PRIO_PROCESS, pid) == expected, component
+        autogroup = Path(f"/proc/{pid}/autogroup")
+        if autogroup.exists():  # "/autogroup-<id> nice <n>"
+            group, _, nice = autogroup.read_text().split()
+            assert int(nice) == expected, (component, group, nice)
+            groups.add(group)
+    if groups:  # each component leads its own session, hence its own group
+        assert len(groups) == len(pids)

@@ -1,0 +1,96 @@
+"""An in-memory stand-in for the saga journal, with the same state machine, for the engine's unit
+tests. The real journal (PostgreSQL) keeps its integration tests."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+from include.dbt_platform.saga import journal as j
+
+
+class FakeJournal:
+    def __init__(self) -> None:
+        self.sagas: dict[str, j.SagaRecord] = {}
+        self.step_records: dict[str, dict[str, j.StepRecord]] = {}
+        self.log: list[tuple[str, str | None, str]] = []  # (saga_id, step, event)
+        self.duplicates: dict[tuple[str, str], str] = {}
+        self.locked: set[str] = set()
+
+    def ensure_schema(self) -> None:
+        pass
+
+    def begin(self, *, saga_id, saga_name, dag_id, run_id, request, idempotency_key, steps, timeout):
+        if saga_id in self.sagas:
+            return j.Begin("existing", self.sagas[saga_id])
+        for saga in self.sagas.values():
+            if idempotency_key and (saga.saga_name, saga.idempotency_key) == (saga_name, idempotency_key):
+                self.duplicates[(dag_id, run_id)] = saga.saga_id
+                return j.Begin("duplicate", saga)
+        now = datetime.now(UTC)
+        self.sagas[saga_id] = j.SagaRecord(
+            saga_id, saga_name, dag_id, run_id, idempotency_key, request, j.EXECUTING, None, now,
+            now + (timeout or timedelta(0)),
+        )  # fmt: skip
+        self.step_records[saga_id] = {
+            name: j.StepRecord(name, position, j.PENDING, 0, None, None)
+            for position, name in enumerate(steps, start=1)
+        }
+        self.log.append((saga_id, None, "saga_started"))
+        return j.Begin("new", self.sagas[saga_id])
+
+    def get(self, saga_id):
+        return self.sagas.get(saga_id)
+
+    def duplicate_of(self, dag_id, run_id):
+        return self.duplicates.get((dag_id, run_id))
+
+    def set_state(self, saga_id, state, error=None, *, only_from=None):
+        saga = self.sagas[saga_id]
+        if only_from and saga.state not in only_from:
+            return False
+        self.sagas[saga_id] = replace(saga, state=state, error=error or saga.error)
+        self.log.append((saga_id, None, f"saga_{state.lower()}"))
+        return True
+
+    def find(self, states):
+        return [s for s in self.sagas.values() if s.state in states]
+
+    def steps(self, saga_id):
+        return sorted(self.step_records[saga_id].values(), key=lambda s: s.position)
+
+    def step(self, saga_id, step):
+        return self.step_records[saga_id][step]
+
+    def _update(self, saga_id, step, event, **changes):
+        self.step_records[saga_id][step] = replace(self.step_records[saga_id][step], **changes)
+        self.log.append((saga_id, step, event))
+
+    def step_started(self, saga_id, step, attempt):
+        record = self.step(saga_id, step)
+        self._update(saga_id, step, "step_started", state=j.EXECUTING, attempts=max(record.attempts, attempt))
+
+    def step_progress(self, saga_id, step, result):
+        self._update(saga_id, step, "step_progress", result=result)
+
+    def step_succeeded(self, saga_id, step, result):
+        self._update(saga_id, step, "step_succeeded", state=j.SUCCEEDED, result=result or {})
+
+    def step_failed(self, saga_id, step, error, *, final):
+        state = j.STEP_FAILED if final else j.EXECUTING
+        self._update(saga_id, step, "step_failed" if final else "step_retrying", state=state, error=error)
+
+    def compensation_state(self, saga_id, step, state, error=None):
+        record = self.step(saga_id, step)
+        self._update(saga_id, step, f"compensation_{state.lower()}", state=state, error=error or record.error)
+
+    @contextmanager
+    def exclusive(self, saga_id):
+        got = saga_id not in self.locked
+        self.locked.add(saga_id)
+        try:
+            yield got
+        finally:
+            if got:
+                self.locked.discard(saga_id)

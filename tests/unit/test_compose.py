@@ -1,0 +1,111 @@
+"""docker-compose.yaml: valid against the Compose specification, and wired for these DAGs.
+
+No Docker engine runs here, so the file is checked statically: the schema (vendored in
+tests/schemas/, from the compose-spec project) and what the DAGs need from each service.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+import yaml
+
+from devstack.airflow import COMPONENT_LAUNCHERS
+from include.dbt_platform.config import REPO_ROOT
+
+COMPOSE = REPO_ROOT / "docker-compose.yaml"
+SCHEMA = REPO_ROOT / "tests" / "schemas" / "compose-spec.json"
+PROJECT_MOUNTS = {
+    "/opt/airflow/dags",
+    "/opt/airflow/plugins",
+    "/opt/airflow/include",
+    "/opt/airflow/dbt_projects",
+}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def mount_target(volume: str) -> str:
+    """The container path of a short-syntax volume (`SRC:TARGET[:MODE]`; SRC may hold `${X:-.}`)."""
+    parts = volume.rsplit(":", 2)
+    return parts[-2] if parts[-1] in {"ro", "rw"} else volume.rsplit(":", 1)[-1]
+
+
+def airflow_services(compose: dict) -> dict:
+    return {name: svc for name, svc in compose["services"].items() if name.startswith("airflow-")}
+
+
+def test_valid_against_compose_specification(compose):
+    schema = json.loads(SCHEMA.read_text())
+    jsonschema.validate(compose, schema)
+
+
+def test_schema_rejects_an_invalid_file(compose):
+    # The validation above must be able to fail.
+    broken = {**compose, "services": {**compose["services"], "redis": {"image": "redis", "ports": "6379"}}}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, json.loads(SCHEMA.read_text()))
+
+
+def test_official_shape_celery_redis_postgres(compose):
+    services = compose["services"]
+    assert {
+        "postgres",
+        "redis",
+        "airflow-apiserver",
+        "airflow-dag-processor",
+        "airflow-triggerer",
+        "airflow-worker",
+        "airflow-init",
+    } <= set(services)
+    commands = [svc.get("command") for svc in airflow_services(compose).values()]
+    assert commands.count("scheduler") == 2, "two schedulers for HA"
+    for name, svc in airflow_services(compose).items():
+        env = svc["environment"]
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
+        assert (
+            env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://redis:")
+            or "@redis:" in env["AIRFLOW__CELERY__BROKER_URL"]
+        )
+        assert "@postgres/airflow" in env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+
+
+def test_every_airflow_service_mounts_and_configures_the_project(compose):
+    for name, svc in airflow_services(compose).items():
+        targets = {mount_target(volume) for volume in svc["volumes"]}
+        assert PROJECT_MOUNTS <= targets, (name, PROJECT_MOUNTS - targets)
+        env = svc["environment"]
+        assert env["PYTHONPATH"] == "/opt/airflow"
+        assert env["DBT_PLATFORM_PROJECTS_DIR"] == "/opt/airflow/dbt_projects"
+        assert env["AIRFLOW_CONN_WAREHOUSE"].endswith("/warehouse")
+        assert env["AIRFLOW_CONN_PLATFORM"].endswith("/platform")
+        assert env["AIRFLOW__COSMOS__ENABLE_TELEMETRY"] == "False"
+        assert env["DO_NOT_TRACK"] == "true"
+
+
+def test_published_ports_bind_loopback_only(compose):
+    for name, svc in compose["services"].items():
+        for port in svc.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), (name, port)
+
+
+def test_referenced_files_exist(compose):
+    assert (REPO_ROOT / "Dockerfile").exists()
+    mounts = compose["services"]["postgres"]["volumes"]
+    init_sql = [m.split(":")[0] for m in mounts if m.startswith("./")]  # plain relative sources
+    assert init_sql and all((REPO_ROOT / path).exists() for path in init_sql)
+    assert "CREATE DATABASE warehouse" in (REPO_ROOT / init_sql[0]).read_text()
+
+
+def test_the_triggerer_runs_through_the_projects_launcher(compose):
+    # Same launcher as the local stack (devstack/airflow.py COMPONENT_LAUNCHERS); the
+    # image's entrypoint runs `python ...` commands as given, with /opt/airflow on PYTHONPATH.
+    command = compose["services"]["airflow-triggerer"]["command"]
+    assert command[:3] == ["python", "-m", "include.dbt_platform.runtime.triggerer"]
+    assert (REPO_ROOT / "include" / "dbt_platform" / "runtime" / "triggerer.py").exists()
+    assert COMPONENT_LAUNCHERS["triggerer"] == command[1:3]

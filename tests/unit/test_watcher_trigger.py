@@ -1,0 +1,181 @@
+"""The consumer trigger must never block the triggerer's event loop on a log write.
+
+In the triggerer a trigger's log lines go to the supervisor process through a socket; the supervisor
+reads it only between messages, and it sends new ``start_from_trigger`` triggers to the runner as one
+large message that the runner's event loop reads. A log write made from the event loop while that
+message is in flight waited for ever (seen in the benchmark: 201 consumers, every deferred task
+stuck). Here the log sink behaves like that socket: a write waits until the event loop has run
+(standing for "the runner read the supervisor's message, so the supervisor drains the logs"), and
+gives up after a few seconds, recording a deadlock. The build's results are handed to the trigger
+directly instead of through the Execution API: what is under test is the trigger's own loop.
+
+Also here: how the producer publishes node results (only what changed, in numbered chunks) and how
+the triggerer's poller reads them (only the new chunks), against an in-memory XCom store; the real
+Execution API path runs on the real scheduler (tests/test_transformations_on_scheduler.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from airflow.triggers.base import TaskFailedEvent, TaskSuccessEvent
+from cosmos.operators._watcher.state import get_dbt_event_xcom_key, get_status_xcom_key
+
+from include.dbt_platform.transformations.watcher.producer import AGGREGATE_XCOM_KEY
+from include.dbt_platform.transformations.watcher.trigger import TaskEndingWatcherTrigger
+
+NODE = "model.shop.orders"
+
+
+class SocketLikeLog:
+    """A log whose writes wait until the event loop sets ``drained``, as a full socket would."""
+
+    def __init__(self) -> None:
+        self.drained = threading.Event()
+        self.lines: list[tuple[str, str]] = []
+        self.loop_thread: int | None = None
+        self.written_from_loop = 0
+        self.deadlocked = False
+
+    def _write(self, level: str, msg: str, *args, **_kwargs) -> None:
+        if threading.get_ident() == self.loop_thread:
+            self.written_from_loop += 1
+        if not self.drained.wait(timeout=3):
+            self.deadlocked = True
+        self.lines.append((level, msg % args if args else msg))
+
+    def info(self, msg, *args, **kwargs):
+        self._write("info", msg, *args, **kwargs)
+
+    def warning(self, msg, *args, **kwargs):
+        self._write("warning", msg, *args, **kwargs)
+
+    def error(self, msg, *args, **kwargs):
+        self._write("error", msg, *args, **kwargs)
+
+
+def run_trigger(node_status: str) -> tuple[list, SocketLikeLog]:
+    trigger = TaskEndingWatcherTrigger(
+        model_unique_id=NODE, producer_task_id="dbt_producer_watcher", dag_id="shop", run_id="r1"
+    )
+    trigger.task_instance = None
+    log = trigger._log = SocketLikeLog()  # what LoggingMixin.log returns
+    results = {
+        get_status_xcom_key(NODE): {"status": node_status},
+        get_dbt_event_xcom_key(NODE): {
+            "msg": f"1 of 1 OK created sql view model shop.orders ({node_status})"
+        },
+    }
+    reads: list[str] = []
+
+    async def producer_state() -> str:
+        return "success"
+
+    async def xcom(key: str):
+        reads.append(key)
+        return results if key == AGGREGATE_XCOM_KEY else None
+
+    trigger._get_producer_task_status = producer_state
+    trigger.get_xcom_val = xcom
+
+    async def scenario() -> list:
+        log.loop_thread = threading.get_ident()
+
+        async def read_supervisor_message() -> None:
+            await asyncio.sleep(0.3)  # the event loop is free: the message gets read, logs drain
+            log.drained.set()
+
+        reader = asyncio.create_task(read_supervisor_message())
+        events = [event async for event in trigger.run()]
+        await reader
+        return events
+
+    events = asyncio.run(asyncio.wait_for(scenario(), timeout=30))
+    assert reads == [AGGREGATE_XCOM_KEY], "one poller read for the run's results"
+    return events, log
+
+
+@pytest.mark.parametrize(
+    ("status", "event_type"), [("success", TaskSuccessEvent), ("error", TaskFailedEvent)]
+)
+def test_consumer_logs_its_result_without_blocking_the_event_loop(status, event_type):
+    events, log = run_trigger(status)
+    assert [type(e) for e in events] == [event_type]
+    assert not log.deadlocked, "a log write waited on a sink only the event loop could drain"
+    assert log.written_from_loop == 0
+    # The user still gets the node's dbt line and its outcome in the task's log.
+    assert log.lines[0] == ("info", f"dbt: 1 of 1 OK created sql view model shop.orders ({status})")
+    level, text = log.lines[1]
+    assert NODE in text and status in text
+    assert level == ("info" if status == "success" else "error")
+
+
+class XComStore:
+    """The producer's XComs, as the Execution API would store and return them."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, object] = {}
+        self.reads: list[str] = []
+
+    def xcom_push(self, key: str, value, **_kwargs) -> None:
+        self.values[key] = value
+
+    async def get_xcom_val(self, key: str):
+        self.reads.append(key)
+        return self.values.get(key)
+
+
+def test_the_producer_publishes_only_what_changed_and_the_poller_reads_only_what_is_new():
+    from include.dbt_platform.transformations.watcher.producer import (
+        CHUNK_COUNT_XCOM_KEY,
+        _RecordingTaskInstance,
+        chunk_xcom_key,
+    )
+    from include.dbt_platform.transformations.watcher.trigger import _RunWatch
+
+    store = XComStore()
+    recorder = _RecordingTaskInstance(store, interval=3600)  # flushed by hand below
+    nodes = [f"model.shop.m{i}" for i in range(3)]
+    for node in nodes[:2]:
+        recorder.xcom_push(get_status_xcom_key(node), {"status": "success"})
+    recorder.xcom_push(f"{nodes[0]}_compiled_sql", "select 1")  # never pushed
+    recorder.flush()
+    watch = _RunWatch()
+    first = asyncio.run(watch._read_new_results(store, "running"))
+    assert first == {get_status_xcom_key(n): {"status": "success"} for n in nodes[:2]}
+    recorder.flush()  # nothing changed: nothing pushed
+    recorder.xcom_push(get_status_xcom_key(nodes[2]), {"status": "error"})
+    recorder.flush()
+    store.reads.clear()
+    second = asyncio.run(watch._read_new_results(store, "running"))
+    assert second == {get_status_xcom_key(nodes[2]): {"status": "error"}}, "only the new chunk"
+    assert store.reads == [CHUNK_COUNT_XCOM_KEY, chunk_xcom_key(2)]
+    assert store.values[CHUNK_COUNT_XCOM_KEY] == 2 and chunk_xcom_key(3) not in store.values
+    recorder.close()
+    assert store.values[AGGREGATE_XCOM_KEY] == {**first, **second}
+    assert not any(key.endswith("_compiled_sql") for key in store.values)
+    # A poller that starts after the build reads the whole result in one go.
+    store.reads.clear()
+    late = asyncio.run(_RunWatch()._read_new_results(store, "success"))
+    assert late == {**first, **second} and store.reads == [AGGREGATE_XCOM_KEY]
+
+
+def test_triggers_stored_under_the_old_classpath_still_deserialise():
+    """Airflow stores a deferred task's trigger as (classpath, kwargs) and imports the classpath when a
+    triggerer picks it up; triggers stored before the package layout name the old module."""
+    from airflow._shared.module_loading import import_string  # what the triggerer uses
+
+    from include.dbt_platform.transformations.watcher.trigger import TRIGGER_CLASSPATH
+
+    old = "include.dbt_platform.cosmos_triggerer.TaskEndingWatcherTrigger"
+    kwargs = {"model_unique_id": NODE, "producer_task_id": "dbt_producer_watcher", "dag_id": "shop",
+              "run_id": "r1", "map_index": -1, "poke_interval": 0.5, "is_test_sensor": False,
+              "upstream_task_ids": [], "with_tests": True}  # fmt: skip
+    trigger = import_string(old)(**kwargs)
+    assert isinstance(trigger, TaskEndingWatcherTrigger)
+    classpath, stored = trigger.serialize()
+    assert classpath == TRIGGER_CLASSPATH != old, "re-serialised under the new path"
+    assert stored == kwargs
+    assert import_string(TRIGGER_CLASSPATH) is TaskEndingWatcherTrigger
