@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+from include.dbt_platform.errors import TransientError
 from include.dbt_platform.saga import journal as j
 
 
@@ -17,6 +18,7 @@ class FakeJournal:
         self.log: list[tuple[str, str | None, str]] = []  # (saga_id, step, event)
         self.duplicates: dict[tuple[str, str], str] = {}
         self.locked: set[str] = set()
+        self.released_keys: dict[str, str] = {}
 
     def ensure_schema(self) -> None:
         pass
@@ -69,28 +71,51 @@ class FakeJournal:
 
     def step_started(self, saga_id, step, attempt):
         record = self.step(saga_id, step)
+        if self.sagas[saga_id].state != j.EXECUTING or record.state not in (j.PENDING, j.EXECUTING):
+            return False
         self._update(saga_id, step, "step_started", state=j.EXECUTING, attempts=max(record.attempts, attempt))
+        return True
 
     def step_progress(self, saga_id, step, result):
         self._update(saga_id, step, "step_progress", result=result)
 
     def step_succeeded(self, saga_id, step, result):
+        if self.sagas[saga_id].state != j.EXECUTING or self.step(saga_id, step).state != j.EXECUTING:
+            return False
         self._update(saga_id, step, "step_succeeded", state=j.SUCCEEDED, result=result or {})
+        return True
 
     def step_failed(self, saga_id, step, error, *, final):
+        if self.step(saga_id, step).state != j.EXECUTING:
+            return
         state = j.STEP_FAILED if final else j.EXECUTING
         self._update(saga_id, step, "step_failed" if final else "step_retrying", state=state, error=error)
+        if final:
+            self.record_first_cause(saga_id, f"{step}: {error}")
+
+    def record_first_cause(self, saga_id, cause):
+        saga = self.sagas[saga_id]
+        self.sagas[saga_id] = replace(saga, first_cause=saga.first_cause or cause)
+
+    def release_idempotency_key(self, saga_id):
+        saga = self.sagas[saga_id]
+        if saga.idempotency_key:
+            self.released_keys[saga_id] = saga.idempotency_key
+            self.sagas[saga_id] = replace(saga, idempotency_key=None)
 
     def compensation_state(self, saga_id, step, state, error=None):
         record = self.step(saga_id, step)
+        if record.state not in j.Journal._COMPENSATION_FROM[state]:
+            return False
         self._update(saga_id, step, f"compensation_{state.lower()}", state=state, error=error or record.error)
+        return True
 
     @contextmanager
-    def exclusive(self, saga_id):
-        got = saga_id not in self.locked
+    def fence(self, saga_id, wait_seconds):
+        if saga_id in self.locked:
+            raise TransientError(f"saga {saga_id} is busy")
         self.locked.add(saga_id)
         try:
-            yield got
+            yield
         finally:
-            if got:
-                self.locked.discard(saga_id)
+            self.locked.discard(saga_id)

@@ -7,16 +7,25 @@ and alerted on the last attempt only), idempotent re-runs, duplicate requests, a
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
-from include.dbt_platform.errors import PermanentError, TransientError
+from include.dbt_platform.errors import PermanentError, RequestInvalid, TransientError
 from include.dbt_platform.saga import journal as j
 from include.dbt_platform.saga.definition import RetryPolicy, SagaDefinition, Step
-from include.dbt_platform.saga.engine import compensate_saga, complete_saga, report_outcome, run_step
+from include.dbt_platform.saga.engine import (
+    OUTCOME_XCOM_KEY,
+    compensate_saga,
+    complete_saga,
+    recover_run,
+    report_outcome,
+    run_step,
+)
+from include.dbt_platform.saga.recovery import recover_sagas
 from tests.unit.fake_journal import FakeJournal
 
 DAG_ID = "unit_saga"
@@ -62,6 +71,7 @@ def saga():
         idempotency_key=lambda params: params.get("key"),
         on_alert=lambda saga, failures: rec.alerts.append((saga.saga_id, failures)),
         on_completed=lambda saga_id, request: rec.completed.append((saga_id, request)),
+        pivot="third",
         steps=[
             Step("check", rec.action("check"), retry=RetryPolicy(retries=0)),
             *(Step(n, rec.action(n), rec.compensation(n), retry=RetryPolicy(retries=2)) for n in NAMES[1:]),
@@ -70,8 +80,17 @@ def saga():
     return SimpleNamespace(definition=definition, journal=journal, rec=rec)
 
 
+class FakeTI(SimpleNamespace):
+    """What the engine reads of Airflow's task instance, and the XComs it pushes."""
+
+    def xcom_push(self, key: str, value) -> None:
+        self.xcoms[key] = value
+
+
 def context(run_id: str, try_number: int = 1, **params) -> dict:
-    ti = SimpleNamespace(dag_id=DAG_ID, run_id=run_id, try_number=try_number, task=SimpleNamespace(retries=3))
+    ti = FakeTI(
+        dag_id=DAG_ID, run_id=run_id, try_number=try_number, task=SimpleNamespace(retries=3), xcoms={}
+    )
     return {"ti": ti, "params": {"who": "ana", **params}}
 
 
@@ -183,6 +202,7 @@ def test_the_same_idempotency_key_starts_no_second_saga_and_reports_the_first(sa
         "saga_id": first,
         "state": j.COMPLETED,
         "duplicate_of": first,
+        "first_cause": None,
     }
 
 
@@ -204,9 +224,103 @@ def test_the_task_graph_carries_each_steps_policy_and_one_verdict(saga):
     assert definition.timeout == timedelta(seconds=60)
     assert dag.get_task("third").downstream_task_ids == {"complete_saga", "compensate"}
     assert dag.get_task("compensate").trigger_rule == TriggerRule.ONE_FAILED
-    assert dag.get_task("compensate").upstream_task_ids == {*NAMES, "complete_saga"}
+    # A failure after the pivot goes forward: completion does not lead to compensation.
+    assert dag.get_task("compensate").upstream_task_ids == set(NAMES)
     leaves = [t.task_id for t in dag.tasks if not t.downstream_task_ids]
     assert leaves == ["report_outcome"], "one leaf decides the run's state"
     assert dag.get_task("report_outcome").trigger_rule == TriggerRule.ALL_DONE
     with pytest.raises(ValueError, match="unknown steps"):
         saga.definition.with_timeouts({"no_such_step": 1})
+
+
+def test_a_rejected_request_frees_its_idempotency_key_and_says_why(saga):
+    saga.rec.fail["check"] = RequestInvalid("project_name is taken")
+    rejected = drive(saga, "r9", key="k9")
+    assert saga.journal.get(rejected).idempotency_key is None
+    ctx = context("r9", key="k9")
+    with pytest.raises(AirflowFailException, match="project_name is taken"):
+        report_outcome(saga.definition, ctx)
+    assert ctx["ti"].xcoms[OUTCOME_XCOM_KEY]["first_cause"] == "check: RequestInvalid: project_name is taken"
+
+    del saga.rec.fail["check"]  # the corrected request, same key: a saga of its own, not a duplicate
+    corrected = drive(saga, "r10", key="k9")
+    assert corrected != rejected and saga.journal.get(corrected).state == j.EXECUTING
+    assert saga.journal.get(corrected).idempotency_key == "k9"
+
+
+def test_the_first_cause_is_kept_whatever_fails_later(saga):
+    saga.rec.fail["second"] = PermanentError("disk full")
+    saga.rec.fail["undo first"] = RuntimeError("stuck")
+    saga_id = drive(saga, "r11")
+    compensate_saga(saga.definition, saga_id, final_attempt=True, reason="a forward step failed")
+    saga_record = saga.journal.get(saga_id)
+    assert saga_record.state == j.FAILED
+    assert saga_record.first_cause == "second: PermanentError: disk full"
+    ctx = context("r11")
+    with pytest.raises(AirflowFailException, match="disk full"):
+        report_outcome(saga.definition, ctx)
+    assert ctx["ti"].xcoms[OUTCOME_XCOM_KEY] == {
+        "saga_id": saga_id, "state": j.FAILED, "duplicate_of": None,
+        "first_cause": "second: PermanentError: disk full",
+    }  # fmt: skip
+
+
+def test_after_the_pivot_a_failure_is_retried_forward_never_compensated(saga):
+    saga_id = drive(saga, "r12", fault_injection={"step": "complete_saga", "mode": "permanent"})
+    calls = list(saga.rec.calls)
+    definition = replace(saga.definition, fault_injection_enabled=lambda: True)
+    with pytest.raises(AirflowFailException, match="injected permanent fault in complete_saga"):
+        complete_saga(
+            definition, context("r12", fault_injection={"step": "complete_saga", "mode": "permanent"})
+        )
+    assert saga.journal.get(saga_id).state == j.EXECUTING
+    # The run is over: its failure callback (or the recovery sweep) finishes the saga, forward.
+    assert recover_run(saga.definition, DAG_ID, "r12", reason="run ended failed") == []
+    assert saga.journal.get(saga_id).state == j.COMPLETED
+    assert saga.rec.calls == calls, "nothing was undone"
+    assert saga.rec.completed == [(saga_id, ("parsed", "ana"))]
+
+
+def test_a_compensation_waits_for_a_running_step_then_finishes(saga, monkeypatch):
+    saga.rec.fail["second"] = PermanentError("no")
+    saga_id = drive(saga, "r13")
+    saga.journal.locked.add(saga_id)  # a step of the saga holds its fence
+    with pytest.raises(TransientError, match="busy"):
+        compensate_saga(saga.definition, saga_id, final_attempt=True, reason="callback")
+    assert saga.journal.get(saga_id).state == j.EXECUTING, "nothing undone under a running step"
+
+    sleeps = []
+
+    def step_ends(seconds: float) -> None:
+        sleeps.append(seconds)
+        saga.journal.locked.discard(saga_id)
+
+    monkeypatch.setattr("include.dbt_platform.saga.engine.time.sleep", step_ends)
+    assert recover_run(saga.definition, DAG_ID, "r13", reason="run timed out") == []
+    assert sleeps == [2.0], "retried once, after a backoff"
+    assert saga.journal.get(saga_id).state == j.COMPENSATED
+
+
+def test_a_step_result_is_not_kept_once_the_saga_moved_on(saga):
+    saga.rec.fail["second"] = PermanentError("no")
+    saga_id = drive(saga, "r14")
+    compensate_saga(saga.definition, saga_id, final_attempt=True, reason="test")
+    assert not saga.journal.step_succeeded(saga_id, "first", {"late": True})
+    assert saga.journal.step(saga_id, "first").state == j.STEP_COMPENSATED
+    assert not saga.journal.step_started(saga_id, "third", 1)
+
+
+def test_one_saga_whose_compensation_keeps_failing_does_not_stop_the_sweep(saga, monkeypatch):
+    monkeypatch.setattr("include.dbt_platform.saga.engine.time.sleep", lambda seconds: None)
+    saga.rec.fail["third"] = PermanentError("no")
+    stuck, fine = drive(saga, "r15"), None
+    saga.rec.fail["undo second"] = RuntimeError("stuck")
+    broken = drive(saga, "r16")
+    saga.journal.sagas[broken] = replace(saga.journal.get(broken), request={})  # unreadable by parse_request
+    del saga.rec.fail["third"]
+    saga.rec.fail["first"] = PermanentError("no")
+    fine = drive(saga, "r17")
+    done = recover_sagas(saga.definition, lambda dag_id, run_id: "failed", attempts=2)
+    assert done[stuck] == j.FAILED and done[fine] == j.COMPENSATED
+    assert done[broken] == j.FAILED
+    assert [alerted for alerted, _ in saga.rec.alerts] == [stuck, broken]

@@ -66,6 +66,8 @@ class SagaDefinition:
     fault_injection_enabled: Callable[[], bool] = lambda: False
     # Retries of the bookkeeping tasks: complete_saga, compensate, report_outcome.
     task_retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # The step after whose success the saga only goes forward (never compensated); None: no pivot.
+    pivot: str | None = None
 
     def step(self, name: str) -> Step:
         return next(s for s in self.steps if s.name == name)

@@ -7,18 +7,31 @@
 (:mod:`.tasks` builds that graph.) State lives in the journal (:mod:`.journal`), not in Airflow task
 state, so a run that times out, is killed or is marked failed by hand is still finished by the DAG's
 failure callback or the recovery DAG, both of which call :func:`compensate_saga`.
+
+A step and a compensation of the same saga never run at the same time: each holds the saga's fence
+(:meth:`.journal.Journal.fence`) while it runs, and every journal transition is conditional on the
+state it was read in. Once the pivot step succeeded, the saga only goes forward: what is left is
+retried until it completes, never compensated.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import timedelta
 
+from include.dbt_platform import boundaries
 from include.dbt_platform.errors import TransientError, classify
 from include.dbt_platform.saga import journal as j
 from include.dbt_platform.saga import metrics
 from include.dbt_platform.saga.definition import SagaDefinition, Step, StepContext, saga_logger
 from include.dbt_platform.saga.faults import FaultInjector
+
+# How long a step or a compensation waits for the saga's fence before it retries (TransientError).
+FENCE_WAIT_SECONDS = 30.0
+OUTCOME_XCOM_KEY = "saga_outcome"
+
+log = logging.getLogger(__name__)
 
 
 def _ids(context: dict) -> tuple[str, str, str]:
@@ -27,31 +40,35 @@ def _ids(context: dict) -> tuple[str, str, str]:
 
 
 def _context_for(
-    definition: SagaDefinition, journal: j.Journal, saga: j.SagaRecord, step: Step, attempt: int, params: dict
+    definition: SagaDefinition,
+    journal: j.Journal,
+    saga_id: str,
+    request,
+    step: Step,
+    attempt: int,
+    fault: FaultInjector,
 ) -> StepContext:
     return StepContext(
-        saga_id=saga.saga_id,
-        step=step,
-        request=definition.parse_request(saga.request),
-        journal=journal,
-        attempt=attempt,
-        fault=FaultInjector(params.get("fault_injection"), definition.fault_injection_enabled()),
+        saga_id=saga_id, step=step, request=request, journal=journal, attempt=attempt, fault=fault
     )
+
+
+def _public_request(params: dict) -> dict:
+    # The request as recorded in the journal: the DAG params, minus drills.
+    return {k: v for k, v in params.items() if k != "fault_injection"}
+
+
+def _injector(definition: SagaDefinition, params: dict) -> FaultInjector:
+    return FaultInjector(params.get("fault_injection"), definition.fault_injection_enabled())
 
 
 def run_step(definition: SagaDefinition, step: Step, context: dict) -> None:
     """The body of a forward task. Idempotent: a cleared or retried task re-runs safely."""
-    from airflow.sdk.exceptions import (
-        AirflowException,
-        AirflowFailException,
-        AirflowSkipException,
-        AirflowTaskTimeout,
-    )
+    from airflow.sdk.exceptions import AirflowSkipException
 
     dag_id, run_id, saga_id = _ids(context)
     params = dict(context["params"])
     journal = definition.journal()
-    attempt = context["ti"].try_number
     slog = saga_logger(saga_id)
     if step is definition.steps[0]:
         journal.ensure_schema()
@@ -68,6 +85,18 @@ def run_step(definition: SagaDefinition, step: Step, context: dict) -> None:
         if begun.kind == "duplicate":
             slog.info("idempotency key already used by saga %s: creating nothing", begun.saga.saga_id)
             raise AirflowSkipException(f"duplicate of saga {begun.saga.saga_id}")
+    try:
+        with journal.fence(saga_id, FENCE_WAIT_SECONDS):
+            _run_fenced(definition, step, journal, saga_id, context["ti"].try_number, params, slog)
+    except TransientError as exc:  # the fence was busy, or the journal unreachable
+        from airflow.sdk.exceptions import AirflowException
+
+        raise AirflowException(f"{step.name}: {exc} (will retry)") from None
+
+
+def _run_fenced(definition, step, journal, saga_id, attempt, params, slog) -> None:
+    from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowTaskTimeout
+
     saga = journal.get(saga_id)
     if saga is None or saga.state != j.EXECUTING:
         raise AirflowFailException(
@@ -76,49 +105,74 @@ def run_step(definition: SagaDefinition, step: Step, context: dict) -> None:
     if journal.step(saga_id, step.name).state == j.SUCCEEDED:
         slog.info("step %s already succeeded; nothing to do", step.name)
         return
-    journal.step_started(saga_id, step.name, attempt)
-    ctx = _context_for(definition, journal, saga, step, attempt, params)
+    if not journal.step_started(saga_id, step.name, attempt):
+        raise AirflowFailException(f"saga {saga_id}: {step.name} can no longer start")
+    fault = _injector(definition, params)
     started = time.monotonic()
     try:
-        ctx.fault.before_effect(step, attempt)
-        result = step.action(ctx)
-        ctx.fault.after_effect(step, attempt)
-    except AirflowTaskTimeout:
-        journal.step_failed(
-            saga_id, step.name, f"timed out after {step.timeout}", final=attempt > step.retry.retries
+        ctx = _context_for(
+            definition, journal, saga_id, definition.parse_request(saga.request), step, attempt, fault
         )
+        with boundaries.watching(fault.boundary_watcher(step, attempt)):
+            fault.before_effect(step, attempt)
+            result = step.action(ctx)
+        fault.after_effect(step, attempt)
+    except AirflowTaskTimeout:
+        final = attempt > step.retry.retries
+        journal.step_failed(saga_id, step.name, f"timed out after {step.timeout}", final=final)
         metrics.step_finished(definition.name, step.name, "timeout", time.monotonic() - started)
         raise
     except Exception as exc:
         err = classify(exc)
         final = not err.retryable or attempt > step.retry.retries
         journal.step_failed(saga_id, step.name, f"{type(err).__name__}: {err}", final=final)
+        if final and step is definition.steps[0]:
+            journal.release_idempotency_key(saga_id)  # rejected before anything was made
         outcome = "failed" if final else "retry"
         metrics.step_finished(definition.name, step.name, outcome, time.monotonic() - started)
         slog.error("step %s failed (%s, attempt %s): %s", step.name, type(err).__name__, attempt, err)
         if not err.retryable:
             raise AirflowFailException(f"{step.name}: {err}") from None
         raise AirflowException(f"{step.name}: {err} (attempt {attempt}, will retry)") from None
-    journal.step_succeeded(saga_id, step.name, result)
+    if not journal.step_succeeded(saga_id, step.name, result):
+        raise AirflowFailException(f"saga {saga_id} moved on while {step.name} ran; its result is not kept")
     metrics.step_finished(definition.name, step.name, "succeeded", time.monotonic() - started)
     slog.info("step %s succeeded in %.2fs", step.name, time.monotonic() - started)
 
 
-def _public_request(params: dict) -> dict:
-    # The request as recorded in the journal: the DAG params, minus drills.
-    return {k: v for k, v in params.items() if k != "fault_injection"}
+def past_pivot(definition: SagaDefinition, journal: j.Journal, saga_id: str) -> bool:
+    """Whether the pivot step succeeded: from then on the saga only goes forward."""
+    if definition.pivot is None:
+        return False
+    return journal.step(saga_id, definition.pivot).state == j.SUCCEEDED
+
+
+def finish_forward(definition: SagaDefinition, journal: j.Journal, saga: j.SagaRecord) -> None:
+    """Complete a saga whose steps all took effect (idempotent: the hook and the state move are)."""
+    if definition.on_completed:
+        definition.on_completed(saga.saga_id, definition.parse_request(saga.request))
+    if journal.set_state(saga.saga_id, j.COMPLETED, only_from=(j.EXECUTING, j.COMPENSATING)):
+        metrics.saga_finished(definition.name, j.COMPLETED, saga.created_at)
 
 
 def complete_saga(definition: SagaDefinition, context: dict) -> None:
     _, _, saga_id = _ids(context)
     journal = definition.journal()
-    saga = journal.get(saga_id)
-    if saga is None or saga.state != j.EXECUTING:
-        return
-    if definition.on_completed:
-        definition.on_completed(saga_id, definition.parse_request(saga.request))
-    journal.set_state(saga_id, j.COMPLETED, only_from=(j.EXECUTING,))
-    metrics.saga_finished(definition.name, j.COMPLETED, saga.created_at)
+    with journal.fence(saga_id, FENCE_WAIT_SECONDS):
+        saga = journal.get(saga_id)
+        if saga is None or saga.state != j.EXECUTING:
+            return
+        try:
+            _injector(definition, dict(context["params"])).before_completion(context["ti"].try_number)
+            finish_forward(definition, journal, saga)
+        except Exception as exc:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            err = classify(exc)
+            if err.retryable:
+                raise
+            # No retry helps; the run fails and its failure callback (or the sweep) goes forward.
+            raise AirflowFailException(f"completing saga {saga_id}: {type(err).__name__}: {err}") from None
 
 
 def compensate_saga(
@@ -128,34 +182,45 @@ def compensate_saga(
     final_attempt: bool,
     reason: str,
     fault: FaultInjector | None = None,
+    wait_seconds: float = FENCE_WAIT_SECONDS,
 ) -> list[str]:
     """Undo, in reverse order, every step that began. Returns the compensations that failed.
 
     Each compensation is idempotent and only touches what this saga made. A failing compensation
     does not stop the others. When ``final_attempt`` and something failed, the saga becomes FAILED
-    and is alerted; it can be re-driven later (the recovery DAG with ``saga_id``).
+    and is alerted; it can be re-driven later (the recovery DAG with ``saga_id``). A saga past its
+    pivot is not compensated but completed. Raises TransientError while a step of the saga runs.
     """
     journal = definition.journal()
     slog = saga_logger(saga_id)
-    with journal.exclusive(saga_id) as got_lock:
-        if not got_lock:
-            raise TransientError(f"saga {saga_id} is being compensated by another process")
+    with journal.fence(saga_id, wait_seconds):
         saga = journal.get(saga_id)
         if saga is None or saga.state in (j.COMPLETED, j.COMPENSATED):
             return []
-        journal.set_state(saga_id, j.COMPENSATING, reason)
+        if past_pivot(definition, journal, saga_id):
+            slog.info("past the pivot (%s): completing instead of compensating", definition.pivot)
+            finish_forward(definition, journal, saga)
+            return []
+        journal.record_first_cause(saga_id, reason)
+        journal.set_state(saga_id, j.COMPENSATING, reason, only_from=(j.EXECUTING, j.COMPENSATING, j.FAILED))
         records = {s.step_name: s for s in journal.steps(saga_id)}
         failures: list[str] = []
+        request = None
         for step in reversed(definition.steps):
             record = records[step.name]
             if step.compensate is None or record.state in (j.PENDING, j.STEP_COMPENSATED):
                 continue
             journal.compensation_state(saga_id, step.name, j.STEP_COMPENSATING)
-            ctx = _context_for(definition, journal, saga, step, 1, {})
             try:
+                if request is None:
+                    request = definition.parse_request(saga.request)
                 if fault:
                     fault.before_compensation(step)
-                step.compensate(ctx)
+                step.compensate(
+                    _context_for(
+                        definition, journal, saga_id, request, step, 1, fault or FaultInjector(None, False)
+                    )
+                )
             except Exception as exc:
                 err = classify(exc)
                 journal.compensation_state(
@@ -167,14 +232,50 @@ def compensate_saga(
                 journal.compensation_state(saga_id, step.name, j.STEP_COMPENSATED)
                 slog.info("compensated %s", step.name)
         if not failures:
-            journal.set_state(saga_id, j.COMPENSATED)
+            journal.set_state(saga_id, j.COMPENSATED, only_from=(j.COMPENSATING,))
             metrics.saga_finished(definition.name, j.COMPENSATED, saga.created_at)
         elif final_attempt:
-            journal.set_state(saga_id, j.FAILED, "compensation failed: " + "; ".join(failures))
+            journal.set_state(
+                saga_id, j.FAILED, "compensation failed: " + "; ".join(failures), only_from=(j.COMPENSATING,)
+            )
             metrics.saga_finished(definition.name, j.FAILED, saga.created_at)
             if definition.on_alert:
                 definition.on_alert(journal.get(saga_id), failures)
         return failures
+
+
+def finish_with_retries(
+    definition: SagaDefinition,
+    saga_id: str,
+    reason: str,
+    *,
+    attempts: int = 4,
+    first_delay: float = 2.0,
+    wait_seconds: float = FENCE_WAIT_SECONDS,
+) -> list[str]:
+    """Compensate (or, past the pivot, complete) from outside the run: the DAG's failure callback and
+    the recovery sweep. A busy fence, an unreachable database or a failing compensation is retried
+    with exponential backoff; the last attempt is final (FAILED and alerted if something still
+    fails). Returns the compensations that failed; raises TransientError if the saga stayed busy."""
+    delay = first_delay
+    for attempt in range(1, attempts + 1):
+        final = attempt == attempts
+        try:
+            failures = compensate_saga(
+                definition, saga_id, final_attempt=final, reason=reason, wait_seconds=wait_seconds
+            )
+        except TransientError:
+            if final:
+                raise
+            failures = None
+        if failures == [] or (failures and final):
+            return failures
+        log.warning(
+            "[saga=%s] not finished (attempt %s of %s); retrying in %.0fs", saga_id, attempt, attempts, delay
+        )
+        time.sleep(delay)
+        delay *= 2
+    return []
 
 
 def compensate_task(definition: SagaDefinition, context: dict) -> None:
@@ -183,11 +284,12 @@ def compensate_task(definition: SagaDefinition, context: dict) -> None:
     _, _, saga_id = _ids(context)
     ti = context["ti"]
     final = ti.try_number > (ti.task.retries or 0)
-    fault = FaultInjector(
-        dict(context["params"]).get("fault_injection"), definition.fault_injection_enabled()
-    )
     failures = compensate_saga(
-        definition, saga_id, final_attempt=final, reason="a forward step failed", fault=fault
+        definition,
+        saga_id,
+        final_attempt=final,
+        reason="a forward step failed",
+        fault=_injector(definition, dict(context["params"])),
     )
     if failures:
         raise AirflowException(f"{len(failures)} compensation(s) failed: {failures}")
@@ -196,7 +298,12 @@ def compensate_task(definition: SagaDefinition, context: dict) -> None:
 def report_outcome(
     definition: SagaDefinition, context: dict, wait: timedelta = timedelta(minutes=30)
 ) -> dict:
-    """Fail the run unless the saga (or, for a duplicate request, the original saga) COMPLETED."""
+    """Fail the run unless the saga (or, for a duplicate request, the original saga) COMPLETED.
+
+    Either way the outcome is pushed as the XCom ``saga_outcome`` of this task, for REST callers:
+    the saga, its state and its first cause (the first step that failed for good, its error class
+    and message; later failures never replace it).
+    """
     from airflow.sdk.exceptions import AirflowFailException
 
     dag_id, run_id, saga_id = _ids(context)
@@ -213,10 +320,16 @@ def report_outcome(
         saga = journal.get(target)
     if saga is None:
         raise AirflowFailException("the request was rejected before a saga was recorded")
-    outcome = {"saga_id": saga.saga_id, "state": saga.state, "duplicate_of": original}
+    outcome = {
+        "saga_id": saga.saga_id,
+        "state": saga.state,
+        "duplicate_of": original,
+        "first_cause": saga.first_cause,
+    }
+    context["ti"].xcom_push(key=OUTCOME_XCOM_KEY, value=outcome)
     if saga.state != j.COMPLETED:
         raise AirflowFailException(
-            f"saga {saga.saga_id} ended {saga.state}: {saga.error or 'see the journal'}"
+            f"saga {saga.saga_id} ended {saga.state}: {saga.first_cause or saga.error or 'see the journal'}"
         )
     return outcome
 
@@ -224,8 +337,7 @@ def report_outcome(
 def recover_run(definition: SagaDefinition, dag_id: str, run_id: str, reason: str) -> list[str]:
     """Finish the saga of a run that Airflow ended without finishing it (timeout, kill, manual mark)."""
     saga_id = j.saga_id_for(dag_id, run_id)
-    journal = definition.journal()
-    saga = journal.get(saga_id)
+    saga = definition.journal().get(saga_id)
     if saga is None or saga.state in j.TERMINAL_SAGA_STATES:
         return []
-    return compensate_saga(definition, saga_id, final_attempt=True, reason=reason)
+    return finish_with_retries(definition, saga_id, reason)

@@ -13,6 +13,10 @@ with several effects) places the fault after the k-th effect instead of before t
 | ``transient`` | a TransientError before the effect (retried with backoff) |
 | ``timeout`` | the step sleeps past its ``execution_timeout`` |
 | ``crash_after_effect`` | the task process is SIGKILLed after the effect, before its result is recorded |
+| ``crash_between_statements`` | the task process is SIGKILLed at the k-th statement boundary (``after``, default 1) inside the effect (see :mod:`include.dbt_platform.boundaries`) |
+
+``{"step": "complete_saga", "mode": "permanent" | "transient"}`` fails the completion after the pivot
+(the saga must then go forward, never be compensated).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -28,7 +33,8 @@ from include.dbt_platform.errors import PermanentError, TransientError
 if TYPE_CHECKING:
     from include.dbt_platform.saga.definition import Step
 
-FAULT_MODES = ("permanent", "transient", "timeout", "crash_after_effect")
+FAULT_MODES = ("permanent", "transient", "timeout", "crash_after_effect", "crash_between_statements")
+COMPLETION = "complete_saga"
 
 
 class FaultInjector:
@@ -56,15 +62,34 @@ class FaultInjector:
 
     def before_effect(self, step: Step, attempt: int) -> None:
         mode = self._active(step.name, attempt)
-        if mode and mode != "crash_after_effect" and "after" not in self.spec:
+        if mode and not mode.startswith("crash_") and "after" not in self.spec:
             self._fire(mode, step.name, step.timeout)
 
     def checkpoint(self, step: Step, attempt: int, effects_done: int) -> None:
         mode = self._active(step.name, attempt)
-        if mode and self.spec.get("after") == effects_done:
+        if mode and mode != "crash_between_statements" and self.spec.get("after") == effects_done:
             if mode == "crash_after_effect":
                 os.kill(os.getpid(), signal.SIGKILL)
             self._fire(mode, step.name, step.timeout)
+
+    def boundary_watcher(self, step: Step, attempt: int) -> Callable[[str], None] | None:
+        """For ``crash_between_statements``: dies at the k-th statement boundary of the step's effect."""
+        if self._active(step.name, attempt) != "crash_between_statements":
+            return None
+        wanted = int(self.spec.get("after", 1))
+        seen = []
+
+        def watch(label: str) -> None:
+            seen.append(label)
+            if len(seen) == wanted:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        return watch
+
+    def before_completion(self, attempt: int) -> None:
+        mode = self._active(COMPLETION, attempt)
+        if mode in ("permanent", "transient"):
+            self._fire(mode, COMPLETION, timedelta(0))
 
     def after_effect(self, step: Step, attempt: int) -> None:
         if self._active(step.name, attempt) == "crash_after_effect" and "after" not in self.spec:

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extras
 
+from include.dbt_platform.errors import TransientError
 from include.dbt_platform.saga.journal_schema import (  # noqa: F401 - the states are part of this API
     COMPENSATED,
     COMPENSATING,
@@ -55,6 +57,7 @@ class SagaRecord:
     error: str | None
     created_at: datetime
     deadline_at: datetime | None
+    first_cause: str | None = None
 
 
 @dataclass(frozen=True)
@@ -78,9 +81,15 @@ class Begin:
 class Journal:
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
+        self._conn: psycopg2.extensions.connection | None = None  # the fence's, while one is held
 
     @contextmanager
     def _tx(self) -> Iterator[psycopg2.extensions.cursor]:
+        """One transaction: on the fence's connection while a fence is held, else on a new one."""
+        if self._conn is not None:
+            with self._conn, self._conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+                yield cur
+            return
         conn = psycopg2.connect(self.dsn, connect_timeout=10)
         try:
             with conn, conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
@@ -90,6 +99,13 @@ class Journal:
 
     def ensure_schema(self) -> None:
         with self._tx() as cur:
+            # The newest column tells whether this version's tables are there (one cheap query).
+            cur.execute(
+                "select 1 from information_schema.columns where table_schema = 'saga' "
+                "and table_name = 'sagas' and column_name = 'released_idempotency_key'"
+            )
+            if cur.fetchone():
+                return
             cur.execute("select pg_advisory_xact_lock(hashtext('saga-journal-schema'))")
             cur.execute(SCHEMA_SQL)
 
@@ -171,7 +187,7 @@ class Journal:
     def _get(cur, saga_id: str) -> SagaRecord | None:
         cur.execute(
             "select saga_id, saga_name, dag_id, run_id, idempotency_key, request, state, error, created_at, "
-            "deadline_at from saga.sagas where saga_id = %s",
+            "deadline_at, first_cause from saga.sagas where saga_id = %s",
             (saga_id,),
         )
         row = cur.fetchone()
@@ -229,67 +245,132 @@ class Journal:
     def step(self, saga_id: str, step: str) -> StepRecord:
         return next(s for s in self.steps(saga_id) if s.step_name == step)
 
-    def step_started(self, saga_id: str, step: str, attempt: int) -> None:
-        """The intent: recorded before the side effect."""
+    def step_started(self, saga_id: str, step: str, attempt: int) -> bool:
+        """The intent, recorded before the side effect; only while the saga is EXECUTING and the step
+        has not ended (True if recorded)."""
         with self._tx() as cur:
             cur.execute(
-                "update saga.steps set state = %s, attempts = greatest(attempts, %s), error = null, "
-                "started_at = coalesce(started_at, clock_timestamp()), updated_at = clock_timestamp() "
-                "where saga_id = %s and step_name = %s",
-                (EXECUTING, attempt, saga_id, step),
+                "update saga.steps st set state = %s, attempts = greatest(st.attempts, %s), error = null, "
+                "started_at = coalesce(st.started_at, clock_timestamp()), updated_at = clock_timestamp() "
+                "from saga.sagas s where s.saga_id = st.saga_id and st.saga_id = %s and st.step_name = %s "
+                "and s.state = %s and st.state in (%s, %s) returning 1",
+                (EXECUTING, attempt, saga_id, step, EXECUTING, PENDING, EXECUTING),
             )
+            if cur.fetchone() is None:
+                return False
             self._event(cur, saga_id, "step_started", step, {"attempt": attempt})
+            return True
 
     def step_progress(self, saga_id: str, step: str, result: dict) -> None:
         """Partial result of a step that makes several effects (e.g. one schema per environment)."""
         with self._tx() as cur:
             cur.execute(
                 "update saga.steps set result = %s, updated_at = clock_timestamp() "
-                "where saga_id = %s and step_name = %s",
-                (json.dumps(result), saga_id, step),
+                "where saga_id = %s and step_name = %s and state = %s",
+                (json.dumps(result), saga_id, step, EXECUTING),
             )
             self._event(cur, saga_id, "step_progress", step, result)
 
-    def step_succeeded(self, saga_id: str, step: str, result: dict | None) -> None:
+    def step_succeeded(self, saga_id: str, step: str, result: dict | None) -> bool:
+        """Only from EXECUTING, and only while the saga is EXECUTING (True if recorded)."""
         with self._tx() as cur:
             cur.execute(
-                "update saga.steps set state = %s, result = %s, finished_at = clock_timestamp(), "
-                "updated_at = clock_timestamp() where saga_id = %s and step_name = %s",
-                (SUCCEEDED, json.dumps(result or {}), saga_id, step),
+                "update saga.steps st set state = %s, result = %s, finished_at = clock_timestamp(), "
+                "updated_at = clock_timestamp() from saga.sagas s where s.saga_id = st.saga_id "
+                "and st.saga_id = %s and st.step_name = %s and st.state = %s and s.state = %s returning 1",
+                (SUCCEEDED, json.dumps(result or {}), saga_id, step, EXECUTING, EXECUTING),
             )
+            if cur.fetchone() is None:
+                return False
             self._event(cur, saga_id, "step_succeeded", step, result or {})
+            return True
 
     def step_failed(self, saga_id: str, step: str, error: str, *, final: bool) -> None:
+        """A failed attempt (only from EXECUTING). The last one also becomes the saga's first cause,
+        unless it already has one."""
         with self._tx() as cur:
             cur.execute(
                 "update saga.steps set state = %s, error = %s, finished_at = clock_timestamp(), "
-                "updated_at = clock_timestamp() where saga_id = %s and step_name = %s",
-                (STEP_FAILED if final else EXECUTING, error, saga_id, step),
+                "updated_at = clock_timestamp() where saga_id = %s and step_name = %s and state = %s "
+                "returning 1",
+                (STEP_FAILED if final else EXECUTING, error, saga_id, step, EXECUTING),
             )
+            if cur.fetchone() is None:
+                return
             self._event(cur, saga_id, "step_failed" if final else "step_retrying", step, {"error": error})
+            if final:
+                self._first_cause(cur, saga_id, f"{step}: {error}")
 
-    def compensation_state(self, saga_id: str, step: str, state: str, error: str | None = None) -> None:
+    @staticmethod
+    def _first_cause(cur, saga_id: str, cause: str) -> None:
+        cur.execute(
+            "update saga.sagas set first_cause = coalesce(first_cause, %s) where saga_id = %s",
+            (cause, saga_id),
+        )
+
+    def record_first_cause(self, saga_id: str, cause: str) -> None:
+        """Why the saga did not complete, if nothing was recorded yet (a run that timed out, say)."""
+        with self._tx() as cur:
+            self._first_cause(cur, saga_id, cause)
+
+    def release_idempotency_key(self, saga_id: str) -> None:
+        """The request was rejected before anything was made: its key may be used again."""
+        with self._tx() as cur:
+            cur.execute(
+                "update saga.sagas set released_idempotency_key = idempotency_key, idempotency_key = null "
+                "where saga_id = %s and idempotency_key is not null returning released_idempotency_key",
+                (saga_id,),
+            )
+            if row := cur.fetchone():
+                self._event(
+                    cur, saga_id, "idempotency_key_released", detail={"key": row["released_idempotency_key"]}
+                )
+
+    _COMPENSATION_FROM = {
+        STEP_COMPENSATING: (EXECUTING, SUCCEEDED, STEP_FAILED, STEP_COMPENSATING, COMPENSATION_FAILED),
+        STEP_COMPENSATED: (STEP_COMPENSATING,),
+        COMPENSATION_FAILED: (STEP_COMPENSATING,),
+    }
+
+    def compensation_state(self, saga_id: str, step: str, state: str, error: str | None = None) -> bool:
+        """A step's compensation moves on, only from the states it can come from (True if it moved)."""
         with self._tx() as cur:
             extra = ", compensated_at = clock_timestamp()" if state == STEP_COMPENSATED else ""
             bump = ", compensation_attempts = compensation_attempts + 1" if state == STEP_COMPENSATING else ""
             cur.execute(
                 f"update saga.steps set state = %s, error = coalesce(%s, error), "
-                f"updated_at = clock_timestamp(){extra}{bump} where saga_id = %s and step_name = %s",
-                (state, error, saga_id, step),
+                f"updated_at = clock_timestamp(){extra}{bump} where saga_id = %s and step_name = %s "
+                "and state = any(%s) returning 1",
+                (state, error, saga_id, step, list(self._COMPENSATION_FROM[state])),
             )
+            if cur.fetchone() is None:
+                return False
             self._event(
                 cur, saga_id, f"compensation_{state.lower()}", step, {"error": error} if error else None
             )
+            return True
 
     @contextmanager
-    def exclusive(self, saga_id: str) -> Iterator[bool]:
-        """Hold a session advisory lock on the saga (compensation and recovery never overlap)."""
+    def fence(self, saga_id: str, wait_seconds: float) -> Iterator[None]:
+        """Hold the saga's lock (a PostgreSQL advisory lock on a connection of its own) while a step
+        or a compensation runs: the two never overlap. Waits up to ``wait_seconds``, then raises
+        TransientError (a retry will try again). A process that dies releases it with its connection.
+        While it is held, the journal's own reads and writes go through that connection."""
         conn = psycopg2.connect(self.dsn, connect_timeout=10)
-        conn.autocommit = True
         try:
             with conn.cursor() as cur:
-                cur.execute("select pg_try_advisory_lock(hashtext(%s))", (f"saga:{saga_id}",))
-                got = cur.fetchone()[0]
-            yield got
+                cur.execute(
+                    "select set_config('lock_timeout', %s, false)", (f"{int(wait_seconds * 1000)}ms",)
+                )
+                try:
+                    cur.execute("select pg_advisory_lock(hashtext(%s))", (f"saga:{saga_id}",))
+                except psycopg2.errors.LockNotAvailable:
+                    raise TransientError(
+                        f"saga {saga_id} is busy: a step or a compensation of it is running"
+                    ) from None
+            conn.commit()  # the lock is the session's: it outlives this transaction
+            self._conn = conn
+            yield
         finally:
+            self._conn = None
             conn.close()  # releases the lock

@@ -64,6 +64,10 @@ create table if not exists saga.events (
     at timestamptz not null default clock_timestamp()
 );
 create index if not exists events_saga on saga.events (saga_id, event_id);
+-- The first cause of a failure (step, error class, message), written once and never overwritten;
+-- the idempotency key of a request rejected before it created anything, freed for a corrected one.
+alter table saga.sagas add column if not exists first_cause text;
+alter table saga.sagas add column if not exists released_idempotency_key text;
 create table if not exists saga.duplicate_requests (
     dag_id text not null,
     run_id text not null,

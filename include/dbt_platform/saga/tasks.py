@@ -58,7 +58,8 @@ def build_tasks(definition: SagaDefinition) -> dict[str, Any]:
         doc_md="The run's verdict: succeeds only when the saga COMPLETED.",
     )
     chain(*forward, complete_task)
-    for task in [*forward, complete_task]:
+    # Not complete_task: a failure after the pivot is retried forward (recovery), never compensated.
+    for task in forward:
         task >> compensate
     [complete_task, compensate] >> outcome
     return {"forward": forward, "complete": complete_task, "compensate": compensate, "outcome": outcome}
