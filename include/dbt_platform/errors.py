@@ -1,7 +1,16 @@
-"""Typed errors: each says whether retrying can help."""
+"""The error taxonomy: each error says whether retrying can help.
+
+    TransientError      retry with backoff (unreachable, timed out, lock or serialization conflict,
+                        a mail server's "try again later")
+    PermanentError      compensate at once; its kinds: RequestInvalid (nothing was changed),
+                        Conflict (someone else owns it), PermissionDenied
+:func:`classify` turns any exception (psycopg2, smtplib, OS errors) into one of them. It imports
+nothing of ours.
+"""
 
 from __future__ import annotations
 
+import smtplib
 import socket
 
 
@@ -67,6 +76,26 @@ def classify(exc: BaseException) -> SagaError:
         if code in _CONFLICT_SQLSTATES:
             return Conflict(f"{message} (SQLSTATE {code})")
         return PermanentError(f"{message} (SQLSTATE {code})")
-    if isinstance(exc, (TimeoutError, ConnectionError, socket.timeout)):
+    if isinstance(exc, smtplib.SMTPException):
+        return _classify_smtp(exc)
+    if isinstance(exc, (TimeoutError, ConnectionError, socket.timeout, socket.gaierror)):
         return TransientError(f"{type(exc).__name__}: {exc}")
     return PermanentError(f"{type(exc).__name__}: {exc}")
+
+
+def _classify_smtp(exc: smtplib.SMTPException) -> SagaError:
+    """A mail server's 4xx (and a dropped connection) says "try again later"; only 5xx is final."""
+    message = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, smtplib.SMTPServerDisconnected):
+        return TransientError(message)
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        codes = [code for code, _ in exc.recipients.values()]
+        return (
+            TransientError(message)
+            if codes and all(400 <= c < 500 for c in codes)
+            else PermanentError(message)
+        )
+    code = getattr(exc, "smtp_code", None)
+    if isinstance(code, int) and 400 <= code < 500:
+        return TransientError(message)
+    return PermanentError(message)

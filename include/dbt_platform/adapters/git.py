@@ -1,12 +1,20 @@
-"""Git adapter: a repository holding a runnable dbt project scaffold, with an initial commit."""
+"""Git adapter: a repository holding a runnable dbt project scaffold, with an initial commit.
+
+Repositories (and registered copies) are built in a folder whose name carries the saga's id, then
+renamed into place: a crash part way leaves that folder, which the compensation recognises and
+removes, never a half-made repository under the project's name.
+"""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
 import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from include.dbt_platform.boundaries import boundary
 from include.dbt_platform.errors import Conflict
 
 MARKER_FILE = "dbt-platform-saga"  # inside .git/: never committed
@@ -71,33 +79,61 @@ def marker_of(path: Path) -> str | None:
     return marker.read_text().strip() if marker.exists() else None
 
 
-def create_repository(path: Path, files: dict[str, str], saga_id: str) -> None:
+def staging_path(path: Path, saga_id: str) -> Path:
+    """Where ``path`` is built before it is renamed into place: beside it, named after the saga."""
+    return path.with_name(f".{path.name}.{saga_id.replace('-', '')[:12]}.partial")
+
+
+def _start(path: Path, saga_id: str) -> Path:
     if path.exists():
         if marker_of(path) == saga_id:
-            shutil.rmtree(path)  # a half-made attempt of this saga: start clean
+            shutil.rmtree(path)  # a whole earlier attempt of this saga: start clean
         else:
             raise Conflict(f"repository {path} already exists")
-    path.mkdir(parents=True)
-    _git("init", "-q", cwd=path)
-    (path / ".git" / MARKER_FILE).write_text(saga_id)
+    staging = staging_path(path, saga_id)
+    shutil.rmtree(staging, ignore_errors=True)  # a half-made earlier attempt of this saga
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    return staging
+
+
+def create_repository(path: Path, files: dict[str, str], saga_id: str) -> None:
+    staging = _start(path, saga_id)
+    staging.mkdir()
+    _git("init", "-q", cwd=staging)
+    (staging / ".git" / MARKER_FILE).write_text(saga_id)
+    boundary("repository initialised, scaffold not yet written")
     for rel, content in files.items():
-        target = path / rel
+        target = staging / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(content)
-    _git("add", "-A", cwd=path)
-    _git("commit", "-q", "-m", "Initial dbt project scaffold (dbt platform)", cwd=path)
+    _git("add", "-A", cwd=staging)
+    _git("commit", "-q", "-m", "Initial dbt project scaffold (dbt platform)", cwd=staging)
+    boundary("repository committed, not yet in place")
+    staging.rename(path)
 
 
-def clone(source: Path, dest: Path, saga_id: str) -> None:
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["git", "clone", "-q", str(source), str(dest)], check=True, capture_output=True, text=True)
-    (dest / ".git" / MARKER_FILE).write_text(saga_id)
+@contextmanager
+def cloned(source: Path, dest: Path, saga_id: str) -> Iterator[Path]:
+    """A clone of ``source`` to prepare (the caller adds files), renamed to ``dest`` when done."""
+    staging = _start(dest, saga_id)
+    subprocess.run(
+        ["git", "clone", "-q", str(source), str(staging)], check=True, capture_output=True, text=True
+    )
+    (staging / ".git" / MARKER_FILE).write_text(saga_id)
+    boundary("repository cloned, not yet prepared")
+    yield staging
+    boundary("clone prepared, not yet in place")
+    staging.rename(dest)
 
 
 def remove_repository(path: Path, saga_id: str) -> bool:
+    """Remove what this saga made at ``path``: the repository, or a half-made one beside it."""
+    removed = False
     if path.exists() and marker_of(path) == saga_id:
         shutil.rmtree(path)
-        return True
-    return False
+        removed = True
+    staging = staging_path(path, saga_id)
+    if staging.exists():
+        shutil.rmtree(staging)
+        removed = True
+    return removed

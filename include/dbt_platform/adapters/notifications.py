@@ -10,6 +10,8 @@ from pathlib import Path
 
 from airflow.sdk import BaseNotifier
 
+from include.dbt_platform.boundaries import boundary
+
 
 def _smtp_connection(conn_id: str):
     from airflow.sdk import BaseHook
@@ -34,6 +36,7 @@ def deliver(record_dir: Path, name: str, *, to: str, subject: str, body: str, sm
                 smtp.login(conn.login, conn.password)
             smtp.send_message(message)
         record["emailed"] = True
+    boundary("notification sent, not yet recorded")
     record_dir.mkdir(parents=True, exist_ok=True)
     (record_dir / f"{name}.json").write_text(json.dumps(record, indent=1))
     return record

@@ -3,6 +3,17 @@
 Every object this adapter creates carries a marker comment naming the saga that created it, and
 every removal checks that marker first: a compensation can never drop what another saga (or a
 person) made, however often it runs.
+
+Each effect is atomic where PostgreSQL allows it (a role with its marker and password, a schema with
+its marker, an environment's grants: one transaction each). ``CREATE DATABASE`` cannot run in a
+transaction, so a database is created under a name that carries the saga's id, marked, then renamed:
+a crash between any two statements leaves something the compensation recognises. Passwords never
+travel as literals: the SCRAM verifier is computed here and only it reaches the server.
+
+It runs as the platform's own role (CREATEDB, CREATEROLE, no superuser): every role it creates is
+granted to it (``DROP OWNED BY`` and ``ALTER DEFAULT PRIVILEGES FOR ROLE`` need that membership).
+All of the saga's SQL is in this one class (and the registry beside it), where a reviewer reads it
+in one place: that is why it is longer than the others.
 """
 
 from __future__ import annotations
@@ -14,29 +25,11 @@ import psycopg2
 from psycopg2 import sql
 from psycopg2.extensions import make_dsn
 
+from include.dbt_platform.boundaries import boundary
 from include.dbt_platform.config import get_settings
 from include.dbt_platform.errors import Conflict
 
 MARKER = "dbt-platform saga "
-
-REGISTRY_SQL = """
-create schema if not exists platform;
-create table if not exists platform.projects (
-    project_name text primary key,
-    saga_id text not null,
-    owner text not null,
-    database_name text not null,
-    status text not null check (status in ('PROVISIONING', 'ACTIVE')),
-    created_at timestamptz not null default clock_timestamp()
-);
-create table if not exists platform.environments (
-    project_name text not null,
-    environment text not null,
-    schema_name text not null,
-    saga_id text not null,
-    primary key (project_name, environment)
-);
-"""
 
 
 def connection_params(conn_id: str) -> dict:
@@ -81,70 +74,54 @@ def ident(name: str) -> sql.Identifier:
 
 
 class Postgres:
+    """One adapter per step or compensation: it keeps one connection per database it talks to (a
+    connection costs a SCRAM handshake, several milliseconds), closed by :meth:`close` (or with it)."""
+
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
+        self._conns: dict[str | None, psycopg2.extensions.connection] = {}
+
+    def __enter__(self) -> Postgres:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()
 
     def dsn_for(self, database: str) -> str:
         return make_dsn(self.dsn, dbname=database)
 
-    @contextmanager
-    def cursor(self, database: str | None = None) -> Iterator[psycopg2.extensions.cursor]:
-        conn = psycopg2.connect(self.dsn_for(database) if database else self.dsn, connect_timeout=10)
-        conn.autocommit = True
-        try:
+    def _connection(self, database: str | None) -> psycopg2.extensions.connection:
+        conn = self._conns.get(database)
+        if conn is None or conn.closed:
+            conn = psycopg2.connect(self.dsn_for(database) if database else self.dsn, connect_timeout=10)
+            conn.autocommit = True
             with conn.cursor() as cur:
                 cur.execute("set lock_timeout = '10s'")
+            self._conns[database] = conn
+        return conn
+
+    @contextmanager
+    def cursor(self, database: str | None = None) -> Iterator[psycopg2.extensions.cursor]:
+        """Autocommit: each statement on its own (what cannot run in a transaction, and reads)."""
+        with self._connection(database).cursor() as cur:
+            yield cur
+
+    @contextmanager
+    def transaction(self, database: str | None = None) -> Iterator[psycopg2.extensions.cursor]:
+        """One transaction: every statement inside takes effect together, or none does."""
+        conn = self._connection(database)
+        conn.autocommit = False
+        try:
+            with conn, conn.cursor() as cur:
                 yield cur
         finally:
-            conn.close()
-
-    # ------------------------------------------------------------------ registry
-
-    def ensure_registry(self) -> None:
-        with self.cursor() as cur:
-            cur.execute("select pg_advisory_lock(hashtext('platform-registry-schema'))")
-            cur.execute(REGISTRY_SQL)
-            cur.execute("select pg_advisory_unlock(hashtext('platform-registry-schema'))")
-
-    def project_owner_saga(self, name: str) -> str | None:
-        with self.cursor() as cur:
-            cur.execute("select saga_id from platform.projects where project_name = %s", (name,))
-            row = cur.fetchone()
-            return row[0] if row else None
-
-    def insert_project(self, name: str, saga_id: str, owner: str, database: str) -> None:
-        with self.cursor() as cur:
-            cur.execute(
-                "insert into platform.projects (project_name, saga_id, owner, database_name, status) "
-                "values (%s, %s, %s, %s, 'PROVISIONING') on conflict (project_name) do nothing "
-                "returning saga_id",
-                (name, saga_id, owner, database),
-            )
-            if cur.fetchone() is None and self.project_owner_saga(name) != saga_id:
-                raise Conflict(f"project name '{name}' is already taken")
-
-    def set_project_status(self, name: str, saga_id: str, status: str) -> None:
-        with self.cursor() as cur:
-            cur.execute(
-                "update platform.projects set status = %s where project_name = %s and saga_id = %s",
-                (status, name, saga_id),
-            )
-
-    def delete_project(self, name: str, saga_id: str) -> None:
-        with self.cursor() as cur:
-            cur.execute(
-                "delete from platform.environments where project_name = %s and saga_id = %s", (name, saga_id)
-            )
-            cur.execute(
-                "delete from platform.projects where project_name = %s and saga_id = %s", (name, saga_id)
-            )
-
-    def record_environment(self, name: str, env: str, schema: str, saga_id: str) -> None:
-        with self.cursor() as cur:
-            cur.execute(
-                "insert into platform.environments values (%s, %s, %s, %s) on conflict do nothing",
-                (name, env, schema, saga_id),
-            )
+            if not conn.closed:
+                conn.autocommit = True
 
     # ------------------------------------------------------------------ databases
 
@@ -158,28 +135,48 @@ class Postgres:
             row = cur.fetchone()
             return row[0] if row else None
 
+    def is_template(self, database: str) -> bool:
+        with self.cursor() as cur:
+            cur.execute("select datistemplate from pg_database where datname = %s", (database,))
+            row = cur.fetchone()
+            return bool(row and row[0])
+
+    @staticmethod
+    def reserved_database_name(database: str, saga_id: str) -> str:
+        """The name a database is created under before it is marked and renamed: it carries the saga."""
+        return f"{database}__{saga_id.replace('-', '')[:12]}"
+
     def create_database(self, database: str, saga_id: str) -> None:
         existing = self.database_marker(database)
         if existing == marker(saga_id):
-            return  # created by an earlier attempt of this saga
+            return  # created (and renamed) by an earlier attempt of this saga
         if existing is not None:
             raise Conflict(f"database '{database}' already exists")
+        reserved = self.reserved_database_name(database, saga_id)
+        db, tmp = ident(database), ident(reserved)
         with self.cursor() as cur:
-            cur.execute(sql.SQL("create database {}").format(ident(database)))
-            cur.execute(
-                sql.SQL("comment on database {} is {}").format(ident(database), sql.Literal(marker(saga_id)))
-            )
+            if self.database_marker(reserved) is None:
+                cur.execute(sql.SQL("create database {}").format(tmp))
+                boundary("database created under its reserved name")
+            cur.execute(sql.SQL("comment on database {} is {}").format(tmp, sql.Literal(marker(saga_id))))
+            boundary("database marked")
             # Only roles granted CONNECT (this project's) may connect.
-            cur.execute(
-                sql.SQL("revoke connect, temporary on database {} from public").format(ident(database))
-            )
+            cur.execute(sql.SQL("revoke connect, temporary on database {} from public").format(tmp))
+            boundary("database closed to PUBLIC")
+            cur.execute(sql.SQL("alter database {} rename to {}").format(tmp, db))
 
     def drop_database(self, database: str, saga_id: str) -> bool:
-        if self.database_marker(database) != marker(saga_id):
-            return False
+        """Drop the database this saga made, under its final or its reserved name."""
+        dropped = False
         with self.cursor() as cur:
-            cur.execute(sql.SQL("drop database if exists {} with (force)").format(ident(database)))
-        return True
+            if self.database_marker(database) == marker(saga_id):
+                cur.execute(sql.SQL("drop database if exists {} with (force)").format(ident(database)))
+                dropped = True
+            reserved = self.reserved_database_name(database, saga_id)
+            if self.database_marker(reserved) is not None:  # the name carries this saga's id
+                cur.execute(sql.SQL("drop database if exists {} with (force)").format(ident(reserved)))
+                dropped = True
+        return dropped
 
     # ------------------------------------------------------------------ schemas
 
@@ -198,8 +195,9 @@ class Postgres:
             return
         if existing is not None:
             raise Conflict(f"schema '{schema}' already exists in database '{database}'")
-        with self.cursor(database) as cur:
+        with self.transaction(database) as cur:
             cur.execute(sql.SQL("create schema {}").format(ident(schema)))
+            boundary("schema created, not yet marked (one transaction)")
             cur.execute(
                 sql.SQL("comment on schema {} is {}").format(ident(schema), sql.Literal(marker(saga_id)))
             )
@@ -225,25 +223,59 @@ class Postgres:
     def role_exists(self, role: str) -> bool:
         return self.role_marker(role) is not None
 
+    def platform_role_reasons(self, role: str) -> list[str]:
+        """Why ``role`` is a platform role that no project may be given (empty: it is not one)."""
+        with self.cursor() as cur:
+            cur.execute(
+                "select rolsuper, rolcreaterole, rolcreatedb, rolreplication, rolbypassrls, "
+                "rolname = current_user, rolname like 'pg\\_%%', "
+                "exists (select from pg_database d where d.datdba = r.oid) "
+                "from pg_roles r where rolname = %s",
+                (role,),
+            )
+            row = cur.fetchone()
+        if row is None:
+            return []
+        labels = ["a superuser", "may create roles", "may create databases", "a replication role",
+                  "bypasses row security", "the platform's own role", "a built-in role", "owns a database"]  # fmt: skip
+        return [label for label, flag in zip(labels, row, strict=True) if flag]
+
+    def _create_role(self, cur, role: str, saga_id: str) -> None:
+        cur.execute(sql.SQL("create role {} nologin").format(ident(role)))
+        boundary("role created, not yet marked (one transaction)")
+        cur.execute(sql.SQL("comment on role {} is {}").format(ident(role), sql.Literal(marker(saga_id))))
+        # The platform's membership: DROP OWNED BY and ALTER DEFAULT PRIVILEGES FOR ROLE need it.
+        cur.execute(sql.SQL("grant {} to current_user").format(ident(role)))
+
     def create_role(self, role: str, saga_id: str, password: str | None = None) -> None:
         existing = self.role_marker(role)
         if existing is not None and existing != marker(saga_id):
             raise Conflict(f"role '{role}' already exists")
-        with self.cursor() as cur:
+        with self.transaction() as cur:
             if existing is None:
-                cur.execute(sql.SQL("create role {} nologin").format(ident(role)))
-                cur.execute(
-                    sql.SQL("comment on role {} is {}").format(ident(role), sql.Literal(marker(saga_id)))
-                )
+                self._create_role(cur, role, saga_id)
             if password is not None:
                 # Re-set on every attempt: the stored connection always holds the current password.
+                # Only the SCRAM verifier, computed here, reaches the server (and its logs).
+                verifier = psycopg2.extensions.encrypt_password(
+                    password, role, cur.connection, "scram-sha-256"
+                )
+                boundary("role marked, password not yet set (one transaction)")
                 cur.execute(
-                    sql.SQL("alter role {} login password {}").format(ident(role), sql.Literal(password))
+                    sql.SQL("alter role {} login password {}").format(ident(role), sql.Literal(verifier))
                 )
 
     def drop_role(self, role: str, saga_id: str, databases: list[str]) -> bool:
         if self.role_marker(role) != marker(saga_id):
             return False
+        with self.cursor() as cur:  # an earlier attempt may have died before the grant
+            cur.execute(
+                "select pg_has_role(current_user, %s, 'member') or "
+                "(select rolsuper from pg_roles where rolname = current_user)",
+                (role,),
+            )
+            if not cur.fetchone()[0]:
+                cur.execute(sql.SQL("grant {} to current_user").format(ident(role)))
         for database in databases:
             if self.database_marker(database) is not None:
                 with self.cursor(database) as cur:
@@ -252,39 +284,53 @@ class Postgres:
             cur.execute(sql.SQL("drop role if exists {}").format(ident(role)))
         return True
 
-    def execute(self, database: str, statements: list[sql.Composable]) -> None:
-        with self.cursor(database) as cur:
-            for statement in statements:
-                cur.execute(statement)
-
     # ------------------------------------------------------------------ grants
 
     def grant_project_access(
         self,
         database: str,
+        saga_id: str,
         *,
         owner_role: str,
         reader_role: str,
         environments: list[tuple[str, str]],
         reader_groups: list[str],
     ) -> None:
-        """Owner and reader roles on the project database; per ``(schema, login role)``: the login role
-        uses and creates in its schema, the owner too, the reader reads what the login role creates;
-        the reader groups become members of the reader role."""
+        """In one transaction: the owner and reader roles (created, marked), CONNECT on the project
+        database; per ``(schema, login role)``: the login role uses and creates in its schema, the owner
+        too, the reader reads what the login role creates; the reader groups join the reader role."""
         db, owner, reader = ident(database), ident(owner_role), ident(reader_role)
-        statements = [sql.SQL("grant connect on database {} to {}, {}").format(db, owner, reader)]
-        for schema_name, login_role in environments:
-            schema, login = ident(schema_name), ident(login_role)
-            statements += [
-                sql.SQL("grant connect on database {} to {}").format(db, login),
-                sql.SQL("grant usage, create on schema {} to {}, {}").format(schema, login, owner),
-                sql.SQL("grant usage on schema {} to {}").format(schema, reader),
-                sql.SQL(
-                    "alter default privileges for role {} in schema {} grant select on tables to {}"
-                ).format(login, schema, reader),
-            ]
-        statements += [sql.SQL("grant {} to {}").format(reader, ident(group)) for group in reader_groups]
-        self.execute(database, statements)
+        with self.transaction(database) as cur:
+            for role in (owner_role, reader_role):
+                existing = self._role_marker_in(cur, role)
+                if existing is None:
+                    self._create_role(cur, role, saga_id)
+                elif existing != marker(saga_id):
+                    raise Conflict(f"role '{role}' already exists")
+            statements = [sql.SQL("grant connect on database {} to {}, {}").format(db, owner, reader)]
+            for schema_name, login_role in environments:
+                schema, login = ident(schema_name), ident(login_role)
+                statements += [
+                    sql.SQL("grant connect on database {} to {}").format(db, login),
+                    sql.SQL("grant usage, create on schema {} to {}, {}").format(schema, login, owner),
+                    sql.SQL("grant usage on schema {} to {}").format(schema, reader),
+                    sql.SQL(
+                        "alter default privileges for role {} in schema {} grant select on tables to {}"
+                    ).format(login, schema, reader),
+                ]
+            statements += [sql.SQL("grant {} to {}").format(reader, ident(group)) for group in reader_groups]
+            for statement in statements:
+                cur.execute(statement)
+                boundary("one grant given, the others not yet (one transaction)")
+
+    @staticmethod
+    def _role_marker_in(cur, role: str) -> str | None:
+        cur.execute(
+            "select coalesce(shobj_description(oid, 'pg_authid'), '') from pg_roles where rolname = %s",
+            (role,),
+        )
+        row = cur.fetchone()
+        return row[0] if row else None
 
     def revoke_reader_defaults(
         self, database: str, *, reader_role: str, environments: list[tuple[str, str]], saga_id: str
@@ -300,4 +346,6 @@ class Postgres:
             for schema_name, login_role in environments
             if self.role_marker(login_role) == marker(saga_id) and self.schema_marker(database, schema_name)
         ]
-        self.execute(database, statements)
+        with self.transaction(database) as cur:
+            for statement in statements:
+                cur.execute(statement)
