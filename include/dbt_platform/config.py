@@ -16,6 +16,24 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
+# DAG ids the platform itself defines (and reserves for its lifecycle DAGs): no dbt project, bundled or
+# created by a saga, may take one of them, whatever the parse order.
+PLATFORM_DAG_IDS = frozenset(
+    {
+        "dbt_project_create",
+        "dbt_project_add_environment",
+        "dbt_project_rotate_credentials",
+        "dbt_project_decommission",
+        "saga_recovery",
+        "warehouse_setup",
+        "inventory_marts_report",
+    }
+)
+# Databases no project may ever be given, whatever the allow-list says.
+NEVER_ADOPTED_DATABASES = frozenset(
+    {"postgres", "template0", "template1", "airflow", "platform", "warehouse"}
+)
+
 
 def env(name: str, default: str) -> str:
     """The variable's value, or ``default`` when it is unset or blank."""
@@ -56,6 +74,8 @@ class Settings:
     saga_retry_delay_seconds: float | None
     # Seconds, by step name, plus "saga" for the whole run (drills and tests shorten them).
     saga_timeouts: dict[str, float]
+    # Existing databases a project may be created in (database_mode "existing"); empty: none.
+    adoptable_databases: frozenset[str]
 
     @property
     def repositories_dir(self) -> Path:
@@ -64,6 +84,17 @@ class Settings:
     @property
     def notifications_dir(self) -> Path:
         return self.state_dir / "notifications"
+
+
+def airflow_metadata_database() -> str | None:
+    """The name of Airflow's metadata database, where this process's Airflow config says (or None)."""
+    try:
+        from airflow.configuration import conf
+        from sqlalchemy.engine import make_url
+
+        return make_url(conf.get("database", "sql_alchemy_conn")).database
+    except Exception:  # noqa: BLE001 - a worker without database settings: nothing to name
+        return None
 
 
 def get_settings() -> Settings:
@@ -90,6 +121,9 @@ def get_settings() -> Settings:
             else None
         ),
         saga_timeouts=_saga_timeouts(),
+        adoptable_databases=frozenset(
+            name.strip() for name in env("DBT_PLATFORM_ADOPTABLE_DATABASES", "").split(",") if name.strip()
+        ),
     )
 
 

@@ -13,7 +13,8 @@ retry policy and timeout.
 | register_transformations | the project gets its own Cosmos DAG | unregister | 3 | 5 min |
 | notify_owner | pivot: notify the owner | — | 3 | 2 min |
 
-Retries back off exponentially from 5 s (at most a minute apart). The whole saga has 30 minutes
+Retries back off exponentially from 5 s (at most a minute apart). Once the owner is notified (the
+pivot), the saga only goes forward: a later failure is retried until the saga completes. The whole saga has 30 minutes
 (the DAG's ``dagrun_timeout``). ``DBT_PLATFORM_SAGA_TIMEOUTS`` and
 ``DBT_PLATFORM_SAGA_RETRY_DELAY_SECONDS`` override them for drills and tests.
 """
@@ -42,6 +43,7 @@ def _declared() -> SagaDefinition:
         on_alert=steps.alert,
         on_completed=steps.mark_active,
         fault_injection_enabled=lambda: get_settings().fault_injection_enabled,
+        pivot="notify_owner",
         steps=[
             Step(
                 "validate_request",

@@ -10,9 +10,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from include.dbt_platform.config import PLATFORM_DAG_IDS
 from include.dbt_platform.errors import RequestInvalid
 
 ENVIRONMENTS = ("dev", "staging", "prod")
+# Every key a request may carry (the DAG params); anything else is refused, not ignored.
+FIELDS = (
+    "project_name", "owner", "description", "environments", "database_mode", "database_name", "readers",
+    "idempotency_key", "fault_injection",
+)  # fmt: skip
 MAX_NAME = 40
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 ROLE_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -78,25 +84,32 @@ def _identifier(value, what: str, *, max_len: int = 63, pattern=NAME_RE) -> str:
         raise RequestInvalid(f"{what} is required")
     if len(value.encode()) > max_len:
         raise RequestInvalid(f"{what} {value!r} is longer than {max_len} bytes")
-    if not pattern.match(value):
+    if not pattern.fullmatch(value):
         raise RequestInvalid(
             f"{what} {value!r} must be a lowercase identifier: a letter, then letters, digits or underscores"
         )
     if value in RESERVED:
         raise RequestInvalid(f"{what} {value!r} is a reserved SQL word")
+    if value.startswith("pg_"):
+        raise RequestInvalid(f"{what} {value!r} may not start with 'pg_' (PostgreSQL reserves it)")
     return value
 
 
 def idempotency_key_of(params: dict) -> str | None:
     key = params.get("idempotency_key")
-    return key if isinstance(key, str) and KEY_RE.match(key) else None
+    return key if isinstance(key, str) and KEY_RE.fullmatch(key) else None
 
 
 def parse_request(params: dict) -> ProjectRequest:
     """Validate the trigger's params; raise RequestInvalid with a message a person can act on."""
+    unknown = sorted(set(params) - set(FIELDS))
+    if unknown:
+        raise RequestInvalid(f"unknown field(s) {unknown}; a request has only {list(FIELDS)}")
     name = _identifier(params.get("project_name"), "project_name", max_len=MAX_NAME)
+    if name in PLATFORM_DAG_IDS:
+        raise RequestInvalid(f"project_name {name!r} is the id of a platform DAG; choose another name")
     owner = params.get("owner")
-    if not isinstance(owner, str) or not EMAIL_RE.match(owner):
+    if not isinstance(owner, str) or not EMAIL_RE.fullmatch(owner):
         raise RequestInvalid(f"owner must be an email address, got {owner!r}")
     description = params.get("description") or ""
     if not isinstance(description, str) or len(description) > 500:
@@ -138,7 +151,7 @@ def dag_params() -> dict:
             title="Project name",
             description="Lowercase identifier (letter first; letters, digits, _), at most 40 characters. "
             "Becomes the dbt project, the DAG id and the prefix of every database object.",
-            pattern=NAME_RE.pattern,
+            pattern=NAME_RE.pattern,  # JSON schema patterns search: NAME_RE is anchored (^...$)
             minLength=1,
             maxLength=MAX_NAME,
         ),

@@ -9,14 +9,15 @@ saga (or a person) made.
 from __future__ import annotations
 
 import secrets
-import shutil
 
 from psycopg2.extensions import parse_dsn
 
 from include.dbt_platform.adapters import git
-from include.dbt_platform.adapters.postgres import Postgres, marker, platform_dsn
+from include.dbt_platform.adapters.postgres import Postgres, connection_params, marker, platform_dsn
+from include.dbt_platform.adapters.registry import Registry
 from include.dbt_platform.adapters.secrets import ConnectionStore
-from include.dbt_platform.config import get_settings
+from include.dbt_platform.boundaries import boundary
+from include.dbt_platform.config import NEVER_ADOPTED_DATABASES, airflow_metadata_database, get_settings
 from include.dbt_platform.errors import Conflict, RequestInvalid
 from include.dbt_platform.project_creation.request import ENVIRONMENTS, ProjectRequest
 from include.dbt_platform.saga.definition import StepContext
@@ -30,6 +31,10 @@ SAGA_NAME = "dbt_project_create"
 
 def postgres() -> Postgres:
     return Postgres(platform_dsn())
+
+
+def registry_of() -> Registry:
+    return Registry(platform_dsn())
 
 
 def journal() -> Journal:
@@ -55,20 +60,27 @@ def _environments(req: ProjectRequest) -> list[tuple[str, str]]:
 
 def validate_request(ctx: StepContext) -> dict:
     req: ProjectRequest = ctx.request
-    pg = postgres()
-    pg.ensure_registry()
-    owner = pg.project_owner_saga(req.project_name)
+    settings = get_settings()
+    registry = registry_of()
+    registry.ensure_registry()
+    owner = registry.project_owner_saga(req.project_name)
     if owner is not None and owner != ctx.saga_id:
         raise Conflict(f"project name '{req.project_name}' is already taken")
+    if req.project_name in bundled_project_names(settings):
+        raise Conflict(f"project name '{req.project_name}' is the name of a bundled dbt project")
+    pg = postgres()
     db_marker = pg.database_marker(req.database_name)
-    if req.database_mode == "existing" and db_marker is None:
-        raise RequestInvalid(f"database '{req.database_name}' does not exist (database_mode 'existing')")
-    if req.database_mode == "new" and db_marker not in (None, marker(ctx.saga_id)):
+    if req.database_mode == "existing":
+        _check_adoptable(req, ctx.saga_id, db_marker, pg, registry, settings)
+    elif db_marker not in (None, marker(ctx.saga_id)):
         raise Conflict(f"database '{req.database_name}' already exists; use database_mode 'existing'")
     missing = [r for r in req.readers if not pg.role_exists(r)]
     if missing:
         raise RequestInvalid(f"reader role(s) {missing} do not exist")
-    repository = get_settings().repositories_dir / req.project_name
+    for reader in req.readers:
+        if reasons := pg.platform_role_reasons(reader):
+            raise RequestInvalid(f"reader role '{reader}' is a platform role ({', '.join(reasons)})")
+    repository = settings.repositories_dir / req.project_name
     if repository.exists() and git.marker_of(repository) != ctx.saga_id:
         raise Conflict(f"a repository named '{req.project_name}' already exists")
     return {
@@ -78,14 +90,57 @@ def validate_request(ctx: StepContext) -> dict:
     }
 
 
+def _check_adoptable(req, saga_id, db_marker, pg, registry, settings) -> None:
+    """``database_mode: existing`` only for a database the platform was told may be adopted."""
+    name = req.database_name
+    platform_databases = {_platform_database(pg), airflow_metadata_database(), _warehouse_database(settings)}
+    if name in NEVER_ADOPTED_DATABASES | platform_databases or pg.is_template(name):
+        raise RequestInvalid(f"database '{name}' belongs to the platform and can never hold a project")
+    if db_marker is None:
+        raise RequestInvalid(f"database '{name}' does not exist (database_mode 'existing')")
+    if name not in settings.adoptable_databases:
+        raise RequestInvalid(
+            f"database '{name}' is not one the platform may adopt (DBT_PLATFORM_ADOPTABLE_DATABASES: "
+            f"{sorted(settings.adoptable_databases) or 'none'}); ask the platform team to add it"
+        )
+    others = {p for p, s in registry.projects_using_database(name).items() if s != saga_id}
+    if others:
+        raise Conflict(f"database '{name}' belongs to project(s) {sorted(others)}")
+
+
+def _platform_database(pg: Postgres) -> str:
+    return parse_dsn(pg.dsn).get("dbname", "")
+
+
+def _warehouse_database(settings) -> str | None:
+    try:
+        return connection_params(settings.warehouse_conn_id)["dbname"]
+    except Exception:  # noqa: BLE001 - no warehouse connection here: nothing to protect
+        return None
+
+
+def bundled_project_names(settings) -> set[str]:
+    """dbt project names under the bundled projects folder (their DAG ids)."""
+    from include.dbt_platform.transformations.projects import DbtProjectError, load_project
+
+    names = set()
+    if settings.dbt_projects_dir.is_dir():
+        for path in settings.dbt_projects_dir.glob("*/dbt_project.yml"):
+            try:
+                names.add(load_project(path.parent, settings).name)
+            except DbtProjectError:
+                names.add(path.parent.name)
+    return names
+
+
 def create_project(ctx: StepContext) -> dict:
     req: ProjectRequest = ctx.request
-    postgres().insert_project(req.project_name, ctx.saga_id, req.owner, req.database_name)
+    registry_of().insert_project(req.project_name, ctx.saga_id, req.owner, req.database_name)
     return {"project_name": req.project_name}
 
 
 def delete_project(ctx: StepContext) -> None:
-    postgres().delete_project(ctx.request.project_name, ctx.saga_id)
+    registry_of().delete_project(ctx.request.project_name, ctx.saga_id)
 
 
 def provision_database(ctx: StepContext) -> dict:
@@ -107,13 +162,14 @@ def drop_database(ctx: StepContext) -> None:
 
 def create_environments(ctx: StepContext) -> dict:
     req: ProjectRequest = ctx.request
-    pg = postgres()
+    pg, registry = postgres(), registry_of()
     created: list[str] = []
     for count, env in enumerate(req.environments, start=1):
         schema = req.schema(env)
         ctx.progress({"schemas": [*created, schema], "complete": False})  # intent first
         pg.create_schema(req.database_name, schema, ctx.saga_id)
-        pg.record_environment(req.project_name, env, schema, ctx.saga_id)
+        boundary("schema made, environment not yet recorded")
+        registry.record_environment(req.project_name, env, schema, ctx.saga_id)
         created.append(schema)
         ctx.checkpoint(count)
     return {"schemas": created, "complete": True}
@@ -150,6 +206,7 @@ def create_credentials(ctx: StepContext) -> dict:
         password = secrets.token_urlsafe(32)
         mask_secret(password)
         pg.create_role(role, ctx.saga_id, password=password)
+        boundary("login role made, its connection not yet stored")
         store.put(
             req.conn_id(env),
             saga_id=ctx.saga_id,
@@ -177,11 +234,9 @@ def drop_credentials(ctx: StepContext) -> None:
 
 def assign_entitlements(ctx: StepContext) -> dict:
     req: ProjectRequest = ctx.request
-    pg = postgres()
-    pg.create_role(req.owner_role, ctx.saga_id)
-    pg.create_role(req.reader_role, ctx.saga_id)
-    pg.grant_project_access(
+    postgres().grant_project_access(
         req.database_name,
+        ctx.saga_id,
         owner_role=req.owner_role,
         reader_role=req.reader_role,
         environments=_environments(req),
@@ -207,26 +262,24 @@ def register_transformations(ctx: StepContext) -> dict:
     req: ProjectRequest = ctx.request
     settings = get_settings()
     dest = settings.registry_dir / req.project_name
-    git.clone(settings.repositories_dir / req.project_name, dest, ctx.saga_id)
     env = primary_environment(req)
-    write_platform_file(
-        dest,
-        {
-            "conn_id": req.conn_id(env),
-            "schema": req.schema(env),
-            "owner": req.owner,
-            "tags": ["self-service", req.project_name],
-            "description": req.description or f"Created by {SAGA_NAME} (saga {ctx.saga_id}).",
-        },
-    )
+    with git.cloned(settings.repositories_dir / req.project_name, dest, ctx.saga_id) as staging:
+        write_platform_file(
+            staging,
+            {
+                "conn_id": req.conn_id(env),
+                "schema": req.schema(env),
+                "owner": req.owner,
+                "tags": ["self-service", req.project_name],
+                "description": req.description or f"Created by {SAGA_NAME} (saga {ctx.saga_id}).",
+            },
+        )
     build_manifest(dest)
     return {"registered": str(dest), "environment": env}
 
 
 def unregister_transformations(ctx: StepContext) -> None:
-    dest = get_settings().registry_dir / ctx.request.project_name
-    if dest.exists() and git.marker_of(dest) == ctx.saga_id:
-        shutil.rmtree(dest)
+    git.remove_repository(get_settings().registry_dir / ctx.request.project_name, ctx.saga_id)
 
 
 def notify_owner(ctx: StepContext) -> dict:
@@ -255,7 +308,7 @@ def notify_owner(ctx: StepContext) -> dict:
 
 
 def mark_active(saga_id: str, req: ProjectRequest) -> None:
-    postgres().set_project_status(req.project_name, saga_id, "ACTIVE")
+    registry_of().set_project_status(req.project_name, saga_id, "ACTIVE")
 
 
 def alert(saga: SagaRecord, failures: list[str]) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from include.dbt_platform.config import Settings, get_settings
+from include.dbt_platform.config import PLATFORM_DAG_IDS, Settings, get_settings
 
 PLATFORM_FILE = "platform.yml"
 DAG_ID_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,99}$")
@@ -95,7 +95,10 @@ def project_dirs(settings: Settings | None = None) -> list[Path]:
     found: list[Path] = []
     for root in (settings.dbt_projects_dir, settings.registry_dir):
         if root.is_dir():
-            found.extend(sorted(p.parent for p in root.glob("*/dbt_project.yml")))
+            # Hidden folders are work in progress (a registration being built): not projects yet.
+            found.extend(
+                sorted(p.parent for p in root.glob("*/dbt_project.yml") if not p.parent.name.startswith("."))
+            )
     return found
 
 
@@ -130,7 +133,12 @@ class Discovery:
 
 
 def discover(settings: Settings | None = None) -> Discovery:
-    """Every loadable project, and for each one that is not, the reason (keyed by folder)."""
+    """Every loadable project, and for each one that is not, the reason (keyed by folder).
+
+    A project never takes a platform DAG's id, and a registered project never takes a bundled one's
+    (bundled projects are read first): whatever order the dag-processor parses files in, the id stays
+    with the platform DAG or the bundled project, and the intruder is reported as an import error.
+    """
     settings = settings or get_settings()
     projects: list[DbtProject] = []
     errors: dict[str, str] = {}
@@ -139,6 +147,11 @@ def discover(settings: Settings | None = None) -> Discovery:
         try:
             project = load_project(path, settings)
             check_manifest(project)
+            if project.name in PLATFORM_DAG_IDS:
+                raise DbtProjectError(
+                    f"dbt project '{project.name}' at {path} has the id of a platform DAG; it is not loaded "
+                    "(rename the project)"
+                )
             if project.name in seen:
                 raise DbtProjectError(
                     f"dbt project '{project.name}' at {path} has the same name as {seen[project.name]}; "
