@@ -4,6 +4,13 @@ Two profiles: :func:`parse_profile` (``dbt parse`` needs one but never connects:
 and :func:`airflow_profile` (rendered by Cosmos from the project's Airflow connection, as the
 transformation DAGs use it). Cosmos' operators run dbt themselves, the same way
 (``InvocationMode.DBT_RUNNER``); this module is for the manifest build and ``warehouse_setup``.
+
+dbt never sees a platform secret: a project's models can read environment variables
+(``env_var()``), so every dbt run, ours and Cosmos' (:func:`guard_cosmos_runs`), runs with the
+platform's secrets taken out of the environment: connections (``AIRFLOW_CONN_*``), the metadata
+database's DSN, keys, tokens, passwords. What the profile itself needs (``COSMOS_CONN_*``, and what
+a deployment gives dbt on purpose as ``DBT_ENV_SECRET_*``) stays. The stack puts no secret in the
+environment to begin with; this is the second fence.
 """
 
 from __future__ import annotations
@@ -72,10 +79,30 @@ def airflow_profile(project: DbtProject, settings: Settings | None = None) -> It
         yield Profile(Path(profile_path).parent, AIRFLOW_TARGET, dict(env_vars))
 
 
+_SECRET_PREFIXES = ("AIRFLOW_CONN_", "AIRFLOW_VAR_")
+_SECRET_MARKERS = ("PASSWORD", "SECRET", "TOKEN", "FERNET", "SQL_ALCHEMY_CONN", "BROKER_URL", "RESULT_BACKEND",
+                   "BACKEND_KWARGS", "PRIVATE_KEY", "DSN", "API_KEY")  # fmt: skip
+_KEPT_PREFIXES = ("COSMOS_CONN_", "DBT_ENV_SECRET_")
+
+
+def is_platform_secret(name: str) -> bool:
+    """Whether an environment variable may hold a platform secret that dbt must not see."""
+    if name.startswith(_KEPT_PREFIXES):
+        return False
+    return name.startswith(_SECRET_PREFIXES) or any(marker in name.upper() for marker in _SECRET_MARKERS)
+
+
+def without_platform_secrets(env) -> dict:
+    return {key: value for key, value in env.items() if not is_platform_secret(key)}
+
+
 @contextlib.contextmanager
 def _environment(values: dict[str, str]) -> Iterator[None]:
+    """``values`` added to the process environment, and the platform's secrets taken out, for one dbt
+    run; everything is put back afterwards."""
+    hidden = {key: os.environ.pop(key) for key in list(os.environ) if is_platform_secret(key)}
     saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
+    os.environ.update(without_platform_secrets(values))
     try:
         yield
     finally:
@@ -84,6 +111,25 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+        os.environ.update(hidden)
+
+
+def guard_cosmos_runs() -> bool:
+    """Run every dbt invocation of Cosmos' operators (``cosmos.dbt.runner.run_command``, what
+    ``InvocationMode.DBT_RUNNER`` calls) without the platform's secrets. Idempotent; True once done."""
+    from cosmos.dbt import runner
+
+    original = runner.run_command
+    if getattr(original, "_dbt_platform_guard", False):
+        return True
+
+    def run_command(command, env, cwd, callbacks=None, **kwargs):
+        with _environment({}):
+            return original(command, without_platform_secrets(env), cwd, callbacks, **kwargs)
+
+    run_command._dbt_platform_guard = True  # type: ignore[attr-defined]
+    runner.run_command = run_command
+    return True
 
 
 def run(

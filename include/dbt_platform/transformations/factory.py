@@ -16,10 +16,13 @@ from cosmos import DbtDag
 from include.dbt_platform.config import Settings, get_settings
 from include.dbt_platform.transformations import cosmos_config
 from include.dbt_platform.transformations.assets import model_asset
+from include.dbt_platform.transformations.dbt import guard_cosmos_runs
 from include.dbt_platform.transformations.projects import DbtProject, DbtProjectError, discover
 from include.dbt_platform.transformations.watcher import run_consumers_in_triggerer
 
 log = logging.getLogger(__name__)
+# Every task of a transformation DAG runs dbt without the platform's secrets in its environment.
+guard_cosmos_runs()
 
 START_DATE = datetime(2024, 1, 1, tzinfo=UTC)
 
