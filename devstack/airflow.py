@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import configparser
+import io
 import json
 import os
 import signal
@@ -21,8 +23,11 @@ from devstack.settings import (
     airflow_password,
     get_stack_settings,
     pg_password,
+    role_for,
+    role_password,
     stored_secret,
 )
+from include.dbt_platform.adapters.secrets import ConnectionStore
 from include.dbt_platform.config import REPO_ROOT, get_settings
 
 AIRFLOW_COMPONENTS = {
@@ -83,18 +88,20 @@ def default_target(stack: StackSettings) -> AirflowTarget:
     )
 
 
-def conn_uri(stack: StackSettings, database: str) -> str:
-    return f"postgres://postgres:{pg_password(stack)}@127.0.0.1:{stack.pg_port}/{database}"
-
-
 def airflow_env(stack: StackSettings, target: AirflowTarget) -> dict[str, str]:
-    """The environment every Airflow component (and the tests) run with."""
-    password = pg_password(stack)
+    """The environment every Airflow component (and the tests) run with: settings, never secrets.
+
+    Secrets live in files only the stack's user can read: the metadata database's DSN and the JWT
+    secret in ``$AIRFLOW_HOME/airflow.cfg`` (0600), the platform's and the saga's connections in the
+    secrets backend's file (0600). So no process of the stack, and above all no dbt run, finds a
+    password or a DSN in its environment.
+    """
     settings = get_settings()
     connections_file = target.state_dir / "secrets" / "connections.json"
     backend_kwargs = json.dumps({"connections_file_path": str(connections_file)})
     env = {
         "AIRFLOW_HOME": str(target.home),
+        "AIRFLOW_CONFIG": str(target.home / "airflow.cfg"),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
@@ -105,25 +112,18 @@ def airflow_env(stack: StackSettings, target: AirflowTarget) -> dict[str, str]:
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{target.api_url}/execution/",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(target.home / "passwords.json"),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": (
-            f"postgresql+psycopg2://postgres:{password}@127.0.0.1:{stack.pg_port}/{target.metadata_db}"
-        ),
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": str(target.api_port),
         "AIRFLOW__API__BASE_URL": target.api_url,
-        "AIRFLOW__API_AUTH__JWT_SECRET": stored_secret(stack, "jwt_secret"),
         "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
         "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(target.api_port + 10),
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(target.api_port + 11),
-        # Connections created by the saga live in a file-based secrets backend (0600).
+        # Connections (the platform's and the saga's) live in a file-based secrets backend (0600).
         "AIRFLOW__SECRETS__BACKEND": "airflow.secrets.local_filesystem.LocalFilesystemBackend",
         "AIRFLOW__SECRETS__BACKEND_KWARGS": backend_kwargs,
         "AIRFLOW__WORKERS__SECRETS_BACKEND": "airflow.secrets.local_filesystem.LocalFilesystemBackend",
         "AIRFLOW__WORKERS__SECRETS_BACKEND_KWARGS": backend_kwargs,
-        # Connections the platform itself needs come from the environment.
-        f"AIRFLOW_CONN_{settings.warehouse_conn_id.upper()}": conn_uri(stack, target.warehouse_db),
-        f"AIRFLOW_CONN_{settings.platform_conn_id.upper()}": conn_uri(stack, target.platform_db),
         "DBT_PLATFORM_STATE_DIR": str(target.state_dir),
         **TELEMETRY_OFF,
     }
@@ -132,19 +132,82 @@ def airflow_env(stack: StackSettings, target: AirflowTarget) -> dict[str, str]:
     return env
 
 
-def prepare_airflow_home(stack: StackSettings, target: AirflowTarget) -> None:
-    target.home.mkdir(parents=True, exist_ok=True)
+# Never passed on from the shell that starts the stack: a component gets what airflow_env gives it.
+_SECRET_MARKERS = (
+    "PASSWORD",
+    "SECRET",
+    "TOKEN",
+    "FERNET",
+    "SQL_ALCHEMY_CONN",
+    "BROKER_URL",
+    "RESULT_BACKEND",
+)
+
+
+def component_environment(
+    stack: StackSettings, target: AirflowTarget, extra: dict[str, str] | None = None
+) -> dict:
+    """The environment a component starts with: the caller's, less anything secret, plus ours."""
+    inherited = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("AIRFLOW_CONN_", "AIRFLOW_VAR_"))
+        and not any(marker in key.upper() for marker in _SECRET_MARKERS)
+    }
+    return {**inherited, **airflow_env(stack, target), **(extra or {})}
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(path, 0o600)
+
+
+def write_airflow_config(stack: StackSettings, target: AirflowTarget) -> None:
+    """``airflow.cfg`` (0600) with the secrets Airflow's own processes need, and the connections file
+    with the platform's own connections. Writes files only: nothing needs to run yet."""
+    metadata_role = role_for(target.metadata_db) or "postgres"
+    metadata_password = (
+        role_password(stack, metadata_role) if role_for(target.metadata_db) else pg_password(stack)
+    )
+    config = configparser.ConfigParser(interpolation=None)
+    config["database"] = {
+        "sql_alchemy_conn": f"postgresql+psycopg2://{metadata_role}:{metadata_password}"
+        f"@127.0.0.1:{stack.pg_port}/{target.metadata_db}"
+    }
+    config["api_auth"] = {"jwt_secret": stored_secret(stack, "jwt_secret")}
+    buffer = io.StringIO()
+    config.write(buffer)
+    _write_private(target.home / "airflow.cfg", buffer.getvalue())
     connections = target.state_dir / "secrets" / "connections.json"
     connections.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(connections.parent, 0o700)
-    if not connections.exists():
-        fd = os.open(connections, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write("{}")
-    passwords = target.home / "passwords.json"
-    fd = os.open(passwords, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"admin": airflow_password(stack)}, fh)
+    settings = get_settings()
+    store = ConnectionStore(connections)
+    for conn_id, database in (
+        (settings.platform_conn_id, target.platform_db),
+        (settings.warehouse_conn_id, target.warehouse_db),
+    ):
+        role = role_for(database)
+        store.set_platform_connection(
+            conn_id,
+            {
+                "conn_type": "postgres",
+                "host": "127.0.0.1",
+                "port": stack.pg_port,
+                "login": role,
+                "password": role_password(stack, role),
+                "schema": database,
+            },
+        )
+
+
+def prepare_airflow_home(stack: StackSettings, target: AirflowTarget) -> None:
+    target.home.mkdir(parents=True, exist_ok=True)
+    write_airflow_config(stack, target)
+    _write_private(target.home / "passwords.json", json.dumps({"admin": airflow_password(stack)}))
 
 
 def airflow_bin() -> str:
@@ -152,7 +215,7 @@ def airflow_bin() -> str:
 
 
 def migrate_metadata_db(stack: StackSettings, target: AirflowTarget) -> None:
-    env = {**os.environ, **airflow_env(stack, target)}
+    env = component_environment(stack, target)
     result = subprocess.run([airflow_bin(), "db", "migrate"], env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise StackError(f"airflow db migrate failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
@@ -208,7 +271,7 @@ def start_airflow(
     components=tuple(AIRFLOW_COMPONENTS),
     extra_env: dict[str, str] | None = None,
 ) -> None:
-    env = {**os.environ, **airflow_env(stack, target), **(extra_env or {})}
+    env = component_environment(stack, target, extra_env)
     logs = target.home / "component-logs"
     logs.mkdir(parents=True, exist_ok=True)
     (target.home / "run").mkdir(parents=True, exist_ok=True)

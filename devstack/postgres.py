@@ -8,7 +8,16 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from devstack.settings import StackError, StackSettings, admin_dsn, get_stack_settings, pg_password
+from devstack.settings import (
+    STACK_ROLES,
+    StackError,
+    StackSettings,
+    admin_dsn,
+    get_stack_settings,
+    pg_password,
+    role_for,
+    role_password,
+)
 
 STACK_DATABASES = ("airflow", "warehouse", "platform")
 
@@ -155,7 +164,43 @@ def pg_stop(stack: StackSettings) -> None:
         )
 
 
+# Objects the superuser made inside a stack database go to the database's owner role (a stack set up
+# before the roles existed): schemas, then relations (a table takes its sequences along), then the
+# sequences, functions and types left.
+_HAND_OVER = """
+do $$
+declare
+    r record;
+    target text := %(role)s;
+begin
+    for r in select nspname from pg_namespace
+             where nspowner = 'postgres'::regrole and nspname not like 'pg\\_%%' and nspname <> 'information_schema'
+    loop execute format('alter schema %%I owner to %%I', r.nspname, target); end loop;
+    for r in select c.oid::regclass as rel, c.relkind from pg_class c join pg_namespace n on n.oid = c.relnamespace
+             where c.relowner = 'postgres'::regrole and c.relkind in ('r', 'p', 'v', 'm', 'f')
+               and n.nspname not like 'pg\\_%%' and n.nspname <> 'information_schema'
+    loop execute format('alter %%s %%s owner to %%I',
+        case r.relkind when 'v' then 'view' when 'm' then 'materialized view' when 'f' then 'foreign table'
+        else 'table' end, r.rel, target); end loop;
+    for r in select c.oid::regclass as rel from pg_class c join pg_namespace n on n.oid = c.relnamespace
+             where c.relowner = 'postgres'::regrole and c.relkind = 'S'
+               and n.nspname not like 'pg\\_%%' and n.nspname <> 'information_schema'
+    loop execute format('alter sequence %%s owner to %%I', r.rel, target); end loop;
+    for r in select p.oid::regprocedure as fn from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+             where p.proowner = 'postgres'::regrole and n.nspname not like 'pg\\_%%'
+               and n.nspname <> 'information_schema'
+    loop execute format('alter routine %%s owner to %%I', r.fn, target); end loop;
+    for r in select t.oid::regtype as typ from pg_type t join pg_namespace n on n.oid = t.typnamespace
+             where t.typowner = 'postgres'::regrole and t.typtype in ('e', 'd')
+               and n.nspname not like 'pg\\_%%' and n.nspname <> 'information_schema'
+    loop execute format('alter type %%s owner to %%I', r.typ, target); end loop;
+end $$;
+"""
+
+
 def ensure_databases(stack: StackSettings, names: tuple[str, ...] | list[str]) -> None:
+    """The stack's roles (least privilege, SCRAM passwords from ``.local/secrets``) and databases,
+    each owned by its role; no database of the cluster lets PUBLIC connect."""
     import psycopg2
     from psycopg2 import sql
 
@@ -163,10 +208,58 @@ def ensure_databases(stack: StackSettings, names: tuple[str, ...] | list[str]) -
     conn.autocommit = True
     try:
         with conn.cursor() as cur:
+            for role, options in STACK_ROLES.values():
+                verifier = psycopg2.extensions.encrypt_password(
+                    role_password(stack, role), role, conn, "scram-sha-256"
+                )
+                cur.execute("select 1 from pg_roles where rolname = %s", (role,))
+                verb = "alter" if cur.fetchone() else "create"
+                cur.execute(
+                    sql.SQL(f"{verb} role {{}} {options} nosuperuser password {{}}").format(
+                        sql.Identifier(role), sql.Literal(verifier)
+                    )
+                )
             for name in names:
-                cur.execute("select 1 from pg_database where datname = %s", (name,))
-                if cur.fetchone() is None:
-                    cur.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+                owner = role_for(name)
+                cur.execute("select pg_get_userbyid(datdba) from pg_database where datname = %s", (name,))
+                row = cur.fetchone()
+                if row is None:
+                    cur.execute(
+                        sql.SQL("create database {}").format(sql.Identifier(name))
+                        + (sql.SQL(" owner {}").format(sql.Identifier(owner)) if owner else sql.SQL(""))
+                    )
+                elif owner and row[0] != owner:
+                    cur.execute(
+                        sql.SQL("alter database {} owner to {}").format(
+                            sql.Identifier(name), sql.Identifier(owner)
+                        )
+                    )
+                    _hand_over(stack, name, owner)
+            # DDL is logged (an audit trail, and how the tests see that no password travels in clear).
+            cur.execute("select current_setting('log_statement')")
+            if cur.fetchone()[0] != "ddl":
+                cur.execute("alter system set log_statement = 'ddl'")
+                cur.execute("select pg_reload_conf()")
+            # Project roles must reach only their own database: nothing is open to PUBLIC.
+            cur.execute("select datname from pg_database where datallowconn")
+            for (name,) in cur.fetchall():
+                cur.execute(
+                    sql.SQL("revoke connect, temporary on database {} from public").format(
+                        sql.Identifier(name)
+                    )
+                )
+    finally:
+        conn.close()
+
+
+def _hand_over(stack: StackSettings, database: str, role: str) -> None:
+    import psycopg2
+
+    conn = psycopg2.connect(admin_dsn(stack, database))
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(_HAND_OVER, {"role": role})
     finally:
         conn.close()
 

@@ -129,5 +129,35 @@ def airflow_password(stack: StackSettings) -> str:
     return stored_secret(stack, "airflow_admin_password", stack.airflow_admin_password)
 
 
+# The stack's least-privilege roles, by the kind of database they own (a database's kind is the start
+# of its name: airflow, airflow_test... platform, platform_test... warehouse, warehouse_bench...).
+# The superuser (postgres) only sets the stack up.
+STACK_ROLES = {
+    "airflow": ("airflow", "LOGIN"),  # Airflow's metadata database
+    "platform": ("dbt_platform", "LOGIN CREATEDB CREATEROLE"),  # registry, saga journal; runs the sagas
+    "warehouse": ("warehouse", "LOGIN"),  # the bundled projects' dbt output
+}
+
+
+def role_for(database: str) -> str | None:
+    """The stack role that owns ``database`` (by its kind), or None for any other database."""
+    for kind, (role, _) in STACK_ROLES.items():
+        if database == kind or database.startswith(f"{kind}_"):
+            return role
+    return None
+
+
+def role_password(stack: StackSettings, role: str) -> str:
+    return stored_secret(stack, f"pg_role_{role}")
+
+
+def role_dsn(stack: StackSettings, database: str) -> str:
+    """A DSN for ``database`` as the stack role that owns it."""
+    role = role_for(database)
+    if role is None:
+        raise StackError(f"no stack role owns database {database!r}")
+    return f"postgresql://{role}:{role_password(stack, role)}@127.0.0.1:{stack.pg_port}/{database}"
+
+
 def admin_dsn(stack: StackSettings, database: str = "postgres") -> str:
     return f"postgresql://postgres:{pg_password(stack)}@127.0.0.1:{stack.pg_port}/{database}"

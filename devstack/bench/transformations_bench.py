@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from devstack.airflow import (  # noqa: E402
     AIRFLOW_COMPONENTS,
-    airflow_env,
+    component_environment,
     component_pid,
     isolated_target,
     migrate_metadata_db,
@@ -45,11 +45,7 @@ from devstack.airflow import (  # noqa: E402
 from devstack.bench.generate_project import generate  # noqa: E402
 from devstack.client import client_for  # noqa: E402
 from devstack.postgres import pg_up  # noqa: E402
-from devstack.settings import (  # noqa: E402
-    admin_dsn,
-    get_stack_settings,  # noqa: E402
-    pg_password,
-)
+from devstack.settings import admin_dsn, get_stack_settings, role_for, role_password  # noqa: E402
 from include.dbt_platform.config import get_settings  # noqa: E402
 from include.dbt_platform.transformations.manifests import build_manifest  # noqa: E402
 
@@ -163,7 +159,7 @@ def write_profile(folder: Path, name: str, stack, database: str, schema: str, th
                     "type": "postgres",
                     "host": "127.0.0.1",
                     "port": stack.pg_port,
-                    "user": "postgres",
+                    "user": role_for(database),  # as the DAG's dbt runs: the warehouse's own role
                     "password": "{{ env_var('DBT_ENV_SECRET_BENCH_PASSWORD') }}",
                     "dbname": database,
                     "schema": schema,
@@ -197,7 +193,7 @@ def wait_quiet(pids: dict[str, int], timeout: float = 90, window: float = 1.0) -
 def dbt_build(project: Path, profiles: Path, stack) -> tuple[float, float, bool]:
     env = {
         **os.environ,
-        "DBT_ENV_SECRET_BENCH_PASSWORD": pg_password(stack),
+        "DBT_ENV_SECRET_BENCH_PASSWORD": role_password(stack, "warehouse"),
         "DO_NOT_TRACK": "true",
         "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
     }
@@ -397,8 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         build_manifest(path)
 
     env = {
-        **os.environ,
-        **airflow_env(stack, target),
+        **component_environment(stack, target),
         "DBT_PLATFORM_PROJECTS_DIR": str(projects_dir),
         "DBT_PLATFORM_REGISTRY_DIR": str(root / "registered"),
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",

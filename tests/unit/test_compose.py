@@ -99,7 +99,34 @@ def test_referenced_files_exist(compose):
     mounts = compose["services"]["postgres"]["volumes"]
     init_sql = [m.split(":")[0] for m in mounts if m.startswith("./")]  # plain relative sources
     assert init_sql and all((REPO_ROOT / path).exists() for path in init_sql)
-    assert "CREATE DATABASE warehouse" in (REPO_ROOT / init_sql[0]).read_text()
+    init = (REPO_ROOT / init_sql[0]).read_text()
+    assert "CREATE DATABASE warehouse OWNER warehouse" in init
+    assert "CREATE ROLE dbt_platform LOGIN CREATEDB CREATEROLE" in init, "the sagas' role: no superuser"
+    assert "FROM PUBLIC" in init
+
+
+SECRETS = ("POSTGRES_PASSWORD", "AIRFLOW_DB_PASSWORD", "PLATFORM_DB_PASSWORD", "WAREHOUSE_DB_PASSWORD",
+           "REDIS_PASSWORD", "AIRFLOW_JWT_SECRET", "AIRFLOW_FERNET_KEY")  # fmt: skip
+
+
+def test_no_secret_has_a_default_and_redis_requires_a_password(compose):
+    import re
+
+    text = COMPOSE.read_text()
+    uses = re.findall(r"\$\{([A-Z_]+)(:?[-?][^}]*)?\}", text)
+    for name in SECRETS:
+        forms = {form for used, form in uses if used == name}
+        assert forms, f"{name} is not used"
+        assert all(form.startswith(":?") for form in forms), f"{name} has a default: {forms}"
+    assert "changeme" not in text
+    redis = compose["services"]["redis"]
+    assert "--requirepass" in redis["command"]
+    broker = compose["x-airflow-common"]["environment"]["AIRFLOW__CELERY__BROKER_URL"]
+    assert broker.startswith("redis://:${REDIS_PASSWORD:?"), broker
+    for name, svc in airflow_services(compose).items():
+        env = svc["environment"]
+        assert env["AIRFLOW_CONN_PLATFORM"].startswith("postgres://dbt_platform:"), name
+        assert env["AIRFLOW_CONN_WAREHOUSE"].startswith("postgres://warehouse:"), name
 
 
 def test_the_triggerer_runs_through_the_projects_launcher(compose):
