@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt constraints.txt | sha1sum | cut -c1-12)
 
-.PHONY: run stop status test test-unit lint manifests bench venv dsn
+.PHONY: run stop status test test-unit lint manifests bench bench-saga-latency venv dsn
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ status:
 bench: manifests ## dbt build vs the Cosmos DAG on the real scheduler (BENCH_ARGS="--models 500 --runs 1")
 	$(PY) -m devstack pg-up
 	$(PY) -m devstack.bench.transformations_bench $(BENCH_ARGS)
+
+bench-saga-latency: manifests ## the saga end to end vs a bare chain of as many tasks (BENCH_ARGS="--runs 5")
+	$(PY) -m devstack pg-up
+	$(PY) -m devstack.bench.saga_latency $(BENCH_ARGS)
 
 dsn: ## print the PostgreSQL administrator DSN
 	@$(PY) -m devstack dsn

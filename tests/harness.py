@@ -13,8 +13,8 @@ import shutil
 import time
 from pathlib import Path
 
-from devstack.airflow import airflow_env, isolated_target
-from devstack.settings import admin_dsn, get_stack_settings
+from devstack.airflow import airflow_env, isolated_target, write_airflow_config
+from devstack.settings import admin_dsn, get_stack_settings, role_dsn
 from include.dbt_platform.config import REPO_ROOT
 
 STACK = get_stack_settings()
@@ -29,10 +29,18 @@ TEST_ENV = {
     "DBT_PLATFORM_EXECUTION_MODE": "local",
 }
 os.environ.update(TEST_ENV)
+# Airflow reads airflow.cfg (the metadata database's DSN) when it is first imported: write it now.
+write_airflow_config(STACK, TARGET)
 
 
-def warehouse_dsn(database: str | None = None) -> str:
-    return admin_dsn(STACK, database or TARGET.warehouse_db)
+def admin(database: str = "postgres") -> str:
+    """The superuser's DSN: for setting up and inspecting, never what the code under test runs as."""
+    return admin_dsn(STACK, database)
+
+
+def warehouse_dsn() -> str:
+    """The warehouse as the role the bundled projects' dbt runs as (it owns the warehouse database)."""
+    return role_dsn(STACK, TARGET.warehouse_db)
 
 
 def wait_for(predicate, timeout: float, what):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from contextlib import contextmanager
+from dataclasses import replace
 
 import psycopg2
 
@@ -13,13 +14,14 @@ from include.dbt_platform.project_creation import definition as project_saga
 from include.dbt_platform.project_creation import steps as saga_steps
 from include.dbt_platform.saga import journal as j
 from include.dbt_platform.saga.recovery import recover_sagas
-from tests.harness import TARGET, query, warehouse_dsn
+from tests.harness import TARGET, query
+from tests.harness import admin as admin_dsn
 from tests.saga_requests import BAD_REQUESTS, request  # noqa: F401 - shared with the saga tests
 
 
 @contextmanager
 def admin(database: str = "postgres"):
-    conn = psycopg2.connect(warehouse_dsn(database))
+    conn = psycopg2.connect(admin_dsn(database))
     conn.autocommit = True
     try:
         yield conn
@@ -40,6 +42,24 @@ def inventory() -> dict:
             )
         }
         roles = {r[0] for r in query(conn, "select rolname from pg_roles")}
+        # Grants: role memberships, and who may connect to which database.
+        grants = {
+            ("member", r[0], r[1])
+            for r in query(
+                conn,
+                "select r.rolname, m.rolname from pg_auth_members a join pg_roles r on r.oid = a.roleid "
+                "join pg_roles m on m.oid = a.member",
+            )
+        }
+        watched = sorted(
+            databases | {TARGET.metadata_db, TARGET.warehouse_db, TARGET.platform_db, "postgres"}
+        )
+        grants |= {
+            ("database", r[0], r[1])
+            for r in query(
+                conn, "select datname, datacl::text from pg_database where datname = any(%s)", (watched,)
+            )
+        }
     schemas = {}
     for db in sorted(d for d in databases if d.startswith("dbt_") or d == "shared_existing"):
         with admin(db) as c:
@@ -56,12 +76,27 @@ def inventory() -> dict:
     return {
         "databases": databases,
         "roles": roles,
+        "grants": grants,
         "schemas": schemas,
         "projects": projects,
         "connections": set(conns),
         "repositories": listing(settings.repositories_dir),
         "registered": listing(settings.registry_dir),
+        "secrets_files": listing(settings.state_dir / "secrets"),
     }
+
+
+def run_saga(dag, conf: dict):
+    """Run the saga's DAG in-process (``dag.test()``); the run, its task states, and its saga id."""
+    run = dag.test(run_conf=conf)
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    saga_id = j.saga_id_for(dag.dag_id, run.run_id)
+    return run, states, saga_id
+
+
+def stored_password(conn_id: str) -> str:
+    data = json.loads((get_settings().state_dir / "secrets" / "connections.json").read_text())
+    return data[conn_id]["password"]
 
 
 def uniq(prefix: str) -> str:
@@ -73,9 +108,18 @@ def journal() -> j.Journal:
     return saga_steps.journal()
 
 
+def teardown_definition():
+    """The saga without its pivot: what the tests use to take down what a completed saga made (the
+    product itself never compensates a saga past its pivot)."""
+    return replace(project_saga.definition(), pivot=None)
+
+
+def undo_saga(saga_id: str) -> None:
+    journal().set_state(saga_id, j.EXECUTING)
+    recover_sagas(teardown_definition(), lambda d, r: "failed", saga_id=saga_id)
+
+
 def undo_completed_sagas() -> None:
     """Leave the test databases as found: compensate every saga the tests completed."""
-    definition = project_saga.definition()
     for saga in journal().find((j.COMPLETED,)):
-        journal().set_state(saga.saga_id, j.EXECUTING)
-        recover_sagas(definition, lambda d, r: "failed", saga_id=saga.saga_id)
+        undo_saga(saga.saga_id)

@@ -23,28 +23,20 @@ from include.dbt_platform.saga import journal as j
 from include.dbt_platform.saga.engine import run_step
 from include.dbt_platform.saga.recovery import recover_sagas
 from tests.harness import STACK, TARGET, query
-from tests.saga_support import BAD_REQUESTS, admin, inventory, journal, request, undo_completed_sagas, uniq
+from tests.saga_support import (
+    BAD_REQUESTS,
+    admin,
+    inventory,
+    journal,
+    request,
+    run_saga,
+    stored_password,
+    undo_completed_sagas,
+    undo_saga,
+    uniq,
+)
 
 STEPS = [s.name for s in project_saga.definition().steps]
-
-
-@pytest.fixture(scope="module")
-def saga_dag():
-    bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
-    assert not bag.import_errors
-    return bag.dags["dbt_project_create"]
-
-
-def run_saga(dag, conf: dict):
-    run = dag.test(run_conf=conf)
-    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
-    saga_id = j.saga_id_for(dag.dag_id, run.run_id)
-    return run, states, saga_id
-
-
-def stored_password(conn_id: str) -> str:
-    data = json.loads((get_settings().state_dir / "secrets" / "connections.json").read_text())
-    return data[conn_id]["password"]
 
 
 def test_happy_path_every_resource_exists_and_works(saga_dag, warehouse):
@@ -104,6 +96,17 @@ def test_happy_path_every_resource_exists_and_works(saga_dag, warehouse):
             user="happy_one_dev_rw",
             password=stored_password("dbt_happy_one_dev"),
         )
+    # Every generated login role reaches its own project's database and no other on the server:
+    # not Airflow's, not the platform's, not the warehouse, not postgres, not another project's.
+    with admin() as conn:
+        databases = [r[0] for r in query(conn, "select datname from pg_database where datallowconn")]
+    logins = {
+        f"happy_one_{e}_rw": ("dbt_happy_one", f"dbt_happy_one_{e}") for e in ("dev", "staging", "prod")
+    }
+    logins["happy_two_dev_rw"] = ("dbt_happy_two", "dbt_happy_two_dev")
+    for role, (own, conn_id) in logins.items():
+        reachable = [db for db in databases if can_connect(role, stored_password(conn_id), db)]
+        assert reachable == [own], (role, reachable)
 
     # The repository holds a committed scaffold.
     repo = get_settings().repositories_dir / "happy_one"
@@ -126,7 +129,24 @@ def test_happy_path_every_resource_exists_and_works(saga_dag, warehouse):
     assert note["to"] == "ana@example.com" and "happy_one" in note["subject"]
 
     # No password in the journal or XCom.
-    assert_no_secrets([stored_password("dbt_happy_one_dev"), stored_password("dbt_happy_one_prod")])
+    passwords = [stored_password(f"dbt_happy_one_{e}") for e in ("dev", "staging", "prod")]
+    assert_no_secrets(passwords)
+    # Nor in PostgreSQL's log, which records every DDL statement (log_statement = ddl): only the SCRAM
+    # verifier, computed by the saga, travelled.
+    server_log = (STACK.pg_dir / "postgres.log").read_text(errors="ignore")
+    assert 'alter role "happy_one_dev_rw" login password \'SCRAM-SHA-256$' in server_log
+    assert not any(p in server_log for p in passwords), "a password reached the server in clear"
+
+
+def can_connect(role: str, password: str, database: str) -> bool:
+    try:
+        psycopg2.connect(
+            host="127.0.0.1", port=STACK.pg_port, dbname=database, user=role, password=password
+        ).close()
+        return True
+    except psycopg2.OperationalError as exc:
+        assert "permission denied" in str(exc), exc
+        return False
 
 
 def query_exec(conn, statement: str) -> None:
@@ -247,10 +267,13 @@ def test_name_already_taken_is_rejected_without_touching_the_owner(saga_dag):
     assert inventory() == before
 
 
-def test_existing_database_mode_uses_and_keeps_it(saga_dag):
+def test_existing_database_mode_uses_and_keeps_it(saga_dag, monkeypatch):
+    # Adoption, as the README says: the platform role owns it, PUBLIC may not connect, it is listed.
     with admin() as conn:
         query_exec(conn, "drop database if exists shared_existing")
-        query_exec(conn, "create database shared_existing")
+        query_exec(conn, "create database shared_existing owner dbt_platform")
+        query_exec(conn, "revoke connect, temporary on database shared_existing from public")
+    monkeypatch.setenv("DBT_PLATFORM_ADOPTABLE_DATABASES", "some_other_db, shared_existing")
     before = inventory()
     run, states, _ = run_saga(
         saga_dag,
@@ -263,6 +286,7 @@ def test_existing_database_mode_uses_and_keeps_it(saga_dag):
         ),
     )
     assert run.state == "failed"
+    assert states["provision_database"] == "success", "it was adopted"
     after = inventory()
     assert "shared_existing" in after["databases"], "an existing database is never dropped"
     assert after == before
@@ -335,9 +359,7 @@ def test_concurrent_sagas_for_one_name_exactly_one_wins():
     after = inventory()
     assert "race_proj" in after["projects"] and "dbt_race_proj" in after["databases"]
     # Clean the winner up through the same compensation, then nothing is left.
-    winner_id = j.saga_id_for("dbt_project_create", winner)
-    project_saga.definition().journal().set_state(winner_id, j.EXECUTING)
-    recover_sagas(definition, lambda d, r: "failed", saga_id=winner_id)
+    undo_saga(j.saga_id_for("dbt_project_create", winner))
     assert inventory() == before
 
 

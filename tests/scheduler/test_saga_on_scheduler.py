@@ -7,18 +7,21 @@ callback at all: the recovery DAG finishes it). Triggered through the REST API, 
 
 from __future__ import annotations
 
+import json
+import shutil
 import socket
 import threading
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 import pytest
 
 from include.dbt_platform.project_creation import definition as project_saga
 from include.dbt_platform.saga import journal as j
-from tests.harness import wait_for
-from tests.saga_support import inventory, journal, request, undo_completed_sagas, uniq
+from tests.harness import build_manifest, wait_for
+from tests.saga_support import admin, inventory, journal, request, undo_completed_sagas, uniq
 from tests.scheduler.live import LIVE_SAGA_TIMEOUTS, LIVE_STATSD_PORT
 
 DAG_ID = "dbt_project_create"
@@ -244,3 +247,100 @@ def test_run_marked_failed_by_hand_is_compensated_by_the_recovery_dag(client):
 def _clean_up_completed_projects():
     yield
     undo_completed_sagas()
+
+
+# Where each step's effect can be cut by a crash (its statement boundaries, in order; see
+# include/dbt_platform/boundaries.py). Some are inside one transaction (the crash must leave nothing),
+# the others between two statements that cannot share one (the compensation must recognise the half).
+BETWEEN_STATEMENTS = {
+    "create_project": [1],  # the registry row is in, its result not recorded
+    "provision_database": [1, 2, 3],  # created under its reserved name / marked / closed, not renamed
+    "create_environments": [1, 2],  # schema created not marked (one transaction) / no environment row
+    "setup_repository": [1, 2],  # initialised / committed, not yet renamed into place
+    "create_credentials": [3, 4],  # role made, connection not stored / connections file half written
+    "assign_entitlements": [1],  # roles and grants are one transaction
+    "register_transformations": [1, 2],  # cloned / prepared, not yet renamed into place
+    "notify_owner": [1],  # sent, not recorded
+}
+
+
+@pytest.fixture(scope="module")
+def between_statements_batch(client) -> Batch:
+    faults = {
+        f"{step}@{k}": {"step": step, "mode": "crash_between_statements", "after": k, "times": 9}
+        for step, points in BETWEEN_STATEMENTS.items()
+        for k in points
+    }
+    return run_batch(client, "live_cut", faults, timeout=600)
+
+
+@pytest.mark.parametrize("cut", [f"{s}@{k}" for s, points in BETWEEN_STATEMENTS.items() for k in points])
+def test_a_crash_between_two_statements_of_an_effect_is_compensated(between_statements_batch, cut):
+    run_id, saga_id = between_statements_batch.runs[cut]
+    step = cut.split("@")[0]
+    assert between_statements_batch.finished[cut]["state"] == "failed"
+    assert journal().get(saga_id).state == j.COMPENSATED
+    assert journal().step(saga_id, step).attempts == project_saga.definition().step(step).retry.retries + 1
+    assert between_statements_batch.inventory_unchanged(), "every half-done effect was found and removed"
+
+
+def test_a_rest_caller_reads_why_a_run_failed(client):
+    # The name is valid for the form, but its project database exists already: validate_request rejects it.
+    name = uniq("live_why")
+    with admin() as conn, conn.cursor() as cur:
+        cur.execute(f"create database dbt_{name}")
+    try:
+        run_id, saga_id = trigger(client, request(name, environments=["dev"], idempotency_key=name))
+        assert client.wait_for_run(DAG_ID, run_id, timeout=180)["state"] == "failed"
+    finally:
+        with admin() as conn, conn.cursor() as cur:
+            cur.execute(f"drop database dbt_{name}")
+    status, entry = client.request(
+        "GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/report_outcome/xcomEntries/saga_outcome"
+    )
+    assert status == 200, entry
+    outcome = entry["value"]
+    if isinstance(outcome, str):
+        outcome = json.loads(outcome)
+    assert outcome["saga_id"] == saga_id and outcome["state"] == j.COMPENSATED
+    assert outcome["first_cause"].startswith(
+        f"validate_request: Conflict: database 'dbt_{name}' already exists"
+    )
+    # The key was not burned: the same request, now valid, creates the project.
+    run2, saga2 = trigger(client, request(name, environments=["dev"], idempotency_key=name))
+    assert client.wait_for_run(DAG_ID, run2, timeout=300)["state"] == "success"
+    assert saga2 != saga_id
+
+
+def test_a_registry_entry_named_like_the_saga_dag_never_takes_its_id(client):
+    """The defence in the DAG factory, on the real dag-processor: the saga DAG keeps running the saga."""
+    from include.dbt_platform.config import get_settings
+
+    intruder = get_settings().registry_dir / DAG_ID
+    (intruder / "models").mkdir(parents=True, exist_ok=True)
+    (intruder / "dbt_project.yml").write_text(f"name: {DAG_ID}\nprofile: {DAG_ID}\n")
+    (intruder / "models" / "platform_heartbeat.sql").write_text("select 1 as id\n")
+    build_manifest(intruder)
+    written = time.time()
+    try:
+
+        def reported():
+            _, errors = client.request("GET", "/importErrors?limit=100")
+            found = [
+                e for e in errors.get("import_errors", []) if "transformation_import_errors" in e["filename"]
+            ]
+            return any(DAG_ID in e["stack_trace"] and "platform DAG" in e["stack_trace"] for e in found)
+
+        wait_for(reported, 240, "the dag-processor to report the intruding project")
+        _, dag = client.request("GET", f"/dags/{DAG_ID}")
+        assert (
+            datetime.fromisoformat(dag["last_parsed_time"].replace("Z", "+00:00")).timestamp() > written - 60
+        )
+        run_id, saga_id = trigger(client, request(uniq("live_keep"), environments=["dev"]))
+        assert client.wait_for_run(DAG_ID, run_id, timeout=300)["state"] == "success"
+        tasks = set(client.task_states(DAG_ID, run_id))
+        assert {"validate_request", "notify_owner", "report_outcome"} <= tasks
+        assert not any("heartbeat" in t or "producer" in t for t in tasks)
+        assert journal().get(saga_id).state == j.COMPLETED
+    finally:
+        shutil.rmtree(intruder, ignore_errors=True)

@@ -183,3 +183,57 @@ def test_components_off_the_critical_path_yield_the_cpu_to_the_tasks(live_airflo
             groups.add(group)
     if groups:  # each component leads its own session, hence its own group
         assert len(groups) == len(pids)
+
+
+def _descendants(roots: list[int]) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo.extend(children.get(pid, []))
+    return found
+
+
+def test_no_process_of_the_stack_holds_a_secret_in_its_environment(client):
+    """Every Airflow component and every task process (the build's dbt among them) runs with no
+    password, DSN or key in its environment: they are in files only the stack's user can read."""
+    from devstack.settings import STACK_ROLES, airflow_password, pg_password, role_password, stored_secret
+
+    secrets = {pg_password(STACK), airflow_password(STACK), stored_secret(STACK, "jwt_secret")}
+    secrets |= {role_password(STACK, role) for role, _ in STACK_ROLES.values()}
+    roots = [component_pid(STACK, LIVE_TARGET, c) for c in AIRFLOW_COMPONENTS]
+    assert all(roots), roots
+    idle = _descendants(roots)
+    run = run_id()
+    status, body = client.trigger(DAG_ID, run)
+    assert status == 200, body
+    seen: dict[int, str] = {}
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        for pid in _descendants(roots):
+            if pid not in seen:
+                try:
+                    seen[pid] = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+                    seen[pid] += "\0cmdline=" + Path(f"/proc/{pid}/cmdline").read_bytes().decode(
+                        errors="replace"
+                    )
+                except OSError:
+                    continue
+        _, state = client.request("GET", f"/dags/{DAG_ID}/dagRuns/{run}")
+        if state.get("state") in ("success", "failed"):
+            break
+        time.sleep(0.3)
+    assert state["state"] == "success"
+    assert set(seen) - idle, "the run's task processes were seen"
+    for pid, env in seen.items():
+        names = [item.split("=", 1)[0] for item in env.split("\0") if "=" in item]
+        assert not [n for n in names if n.startswith("AIRFLOW_CONN_")], (pid, names)
+        assert not any(secret in env for secret in secrets), f"a secret in the environment of pid {pid}"

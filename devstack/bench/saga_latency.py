@@ -1,0 +1,160 @@
+"""`make bench-saga-latency`: a project-creation saga end to end, against a bare chain of the same length.
+
+Starts its own Airflow (`.local/bench_saga/`, API on the stack's port + 300, the settings `make run`
+uses), then, side by side in one run, triggers through the REST API `--runs` sagas (a 2-environment
+project each) and `--runs` runs of `bare_chain`, a DAG of as many no-op tasks as a saga runs on its
+happy path. For each it prints the run's wall time (run start to run end), each task's busy time and
+the gaps between tasks (the scheduler's latency), then a `SUMMARY` line. Nothing asserts a time.
+The projects it creates are taken down at the end (databases, roles, connections, files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT))
+
+from devstack.airflow import (  # noqa: E402
+    isolated_target,
+    migrate_metadata_db,
+    prepare_airflow_home,
+    start_airflow,
+    stop_airflow,
+    wait_healthy,
+)
+from devstack.client import client_for  # noqa: E402
+from devstack.postgres import pg_up  # noqa: E402
+from devstack.settings import admin_dsn, get_stack_settings  # noqa: E402
+
+SAGA = "dbt_project_create"
+BARE = "bare_chain"
+PREFIX = "benchsaga"
+BARE_CHAIN = '''"""
+# `bare_chain` — the benchmark's yardstick: {n} no-op tasks in a chain (devstack/bench/saga_latency.py)
+"""
+from datetime import UTC, datetime
+
+from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.providers.standard.operators.python import PythonOperator
+from airflow.sdk import DAG, chain
+
+with DAG(dag_id="bare_chain", schedule=None, start_date=datetime(2024, 1, 1, tzinfo=UTC), catchup=False,
+         tags=["bench"], default_args={{"owner": "bench", "retries": 1}}):
+    # Python tasks, as the saga's are: a worker process runs each one.
+    chain(*[PythonOperator(task_id=f"step_{{i:02d}}", python_callable=lambda: None) for i in range({n})])
+'''
+
+
+def _ts(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def measure(client, dag_id: str, conf: dict | None) -> dict:
+    run_id = f"bench__{uuid.uuid4().hex[:10]}"
+    status, body = client.trigger(dag_id, run_id, conf)
+    if status not in (200, 201):
+        raise SystemExit(f"triggering {dag_id} failed: HTTP {status} {body}")
+    run = client.wait_for_run(dag_id, run_id, timeout=600)
+    tis = [
+        t
+        for t in client.task_instances(dag_id, run_id)
+        if t["start_date"] and t["end_date"] and t["state"] in ("success", "failed")
+    ]
+    tis.sort(key=lambda t: _ts(t["start_date"]))
+    busy = {t["task_id"]: (_ts(t["end_date"]) - _ts(t["start_date"])).total_seconds() for t in tis}
+    gaps = [
+        (_ts(b["start_date"]) - _ts(a["end_date"])).total_seconds()
+        for a, b in zip(tis, tis[1:], strict=False)
+    ]
+    gaps.insert(0, (_ts(tis[0]["start_date"]) - _ts(run["start_date"])).total_seconds())
+    wall = (_ts(run["end_date"]) - _ts(run["start_date"])).total_seconds()
+    return {"state": run["state"], "wall": wall, "busy": busy, "gaps": gaps, "tasks": len(tis)}
+
+
+def take_down(stack) -> None:
+    """Drop what the benchmark's sagas made on the cluster (their files live under .local/bench_saga)."""
+    import psycopg2
+
+    conn = psycopg2.connect(admin_dsn(stack))
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("select datname from pg_database where datname like %s", (f"dbt\\_{PREFIX}%",))
+        for (name,) in cur.fetchall():
+            cur.execute(f'drop database if exists "{name}" with (force)')
+        cur.execute("select rolname from pg_roles where rolname like %s", (f"{PREFIX}%",))
+        for (role,) in cur.fetchall():
+            cur.execute(f'drop role if exists "{role}"')
+    conn.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--environments", default="dev,prod")
+    args = parser.parse_args(argv)
+    stack = get_stack_settings()
+    target = isolated_target(stack, "bench_saga", port_offset=300)
+    root = stack.local_dir / "bench_saga"
+    dags = root / "dags"
+    dags.mkdir(parents=True, exist_ok=True)
+    for old in dags.iterdir():
+        old.unlink()
+    for source in (REPO_ROOT / "dags").glob("*.py"):
+        (dags / source.name).symlink_to(source)
+    happy_path_tasks = 11  # nine steps, complete_saga, report_outcome (compensate is skipped)
+    (dags / "bare_chain.py").write_text(BARE_CHAIN.format(n=happy_path_tasks))
+    pg_up(stack, (target.metadata_db, target.warehouse_db, target.platform_db))
+    prepare_airflow_home(stack, target)
+    migrate_metadata_db(stack, target)
+    stop_airflow(stack, target)
+    start_airflow(stack, target, extra_env={"AIRFLOW__CORE__DAGS_FOLDER": str(dags)})
+    results: dict[str, list[dict]] = {SAGA: [], BARE: []}
+    try:
+        wait_healthy(stack, target)
+        client = client_for(stack, target)
+        for dag_id in (SAGA, BARE):
+            client.wait_for_dag(dag_id)
+        environments = [e for e in args.environments.split(",") if e]
+        for _ in range(args.runs):  # interleaved: both see the same machine
+            name = f"{PREFIX}_{uuid.uuid4().hex[:8]}"
+            conf = {"project_name": name, "owner": "bench@example.com", "description": "", "environments":
+                    environments, "database_mode": "new", "database_name": None, "readers": [],
+                    "idempotency_key": None}  # fmt: skip
+            results[SAGA].append(measure(client, SAGA, conf))
+            results[BARE].append(measure(client, BARE, None))
+    finally:
+        stop_airflow(stack, target)
+        take_down(stack)
+    for dag_id, runs in results.items():
+        print(f"== {dag_id}: {len(runs)} runs")
+        for i, r in enumerate(runs, 1):
+            gaps = r["gaps"]
+            print(
+                f"   run {i}: {r['state']:<8} wall {r['wall']:6.2f}s  busy {sum(r['busy'].values()):6.2f}s  "
+                f"gaps {sum(gaps):5.2f}s ({len(gaps)} gaps, mean {statistics.mean(gaps):.2f}s)"
+            )
+        steps = runs[0]["busy"]
+        print("   busy per task (median): " + ", ".join(
+            f"{t} {statistics.median(r['busy'].get(t, 0) for r in runs):.2f}s" for t in steps))  # fmt: skip
+    saga, bare = results[SAGA], results[BARE]
+    med = lambda runs, f: statistics.median(f(r) for r in runs)  # noqa: E731
+    print(
+        f"SUMMARY saga_wall={med(saga, lambda r: r['wall']):.2f}s "
+        f"(min {min(r['wall'] for r in saga):.2f}, max {max(r['wall'] for r in saga):.2f}) "
+        f"saga_busy={med(saga, lambda r: sum(r['busy'].values())):.2f}s "
+        f"saga_gap_mean={med(saga, lambda r: statistics.mean(r['gaps'])):.3f}s "
+        f"bare_wall={med(bare, lambda r: r['wall']):.2f}s "
+        f"bare_gap_mean={med(bare, lambda r: statistics.mean(r['gaps'])):.3f}s "
+        f"failed={sum(r['state'] != 'success' for r in saga + bare)} runs={len(saga)}"
+    )
+    return 0 if all(r["state"] == "success" for r in saga + bare) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
