@@ -21,8 +21,8 @@ from include.dbt_platform.adapters.postgres import connection_params
 from include.dbt_platform.config import REPO_ROOT, get_settings
 from include.dbt_platform.project_creation import definition as project_saga
 from include.dbt_platform.saga import journal as j
-from include.dbt_platform.saga.engine import OUTCOME_XCOM_KEY, recover_run, run_step
-from include.dbt_platform.saga.recovery import recover_sagas
+from include.dbt_platform.saga.engine import OUTCOME_XCOM_KEY, run_step
+from include.dbt_platform.saga.recovery import recover_run, recover_sagas
 from tests.harness import TARGET, build_manifest, query, run_dag_test
 from tests.saga_support import admin, inventory, journal, request, run_saga, undo_completed_sagas, uniq
 from tests.smtp_server import smtp_server

@@ -21,11 +21,10 @@ from include.dbt_platform.saga.engine import (
     OUTCOME_XCOM_KEY,
     compensate_saga,
     complete_saga,
-    recover_run,
     report_outcome,
     run_step,
 )
-from include.dbt_platform.saga.recovery import recover_sagas
+from include.dbt_platform.saga.recovery import recover_run, recover_sagas
 from tests.unit.fake_journal import FakeJournal
 
 DAG_ID = "unit_saga"
@@ -295,7 +294,7 @@ def test_a_compensation_waits_for_a_running_step_then_finishes(saga, monkeypatch
         sleeps.append(seconds)
         saga.journal.locked.discard(saga_id)
 
-    monkeypatch.setattr("include.dbt_platform.saga.engine.time.sleep", step_ends)
+    monkeypatch.setattr("include.dbt_platform.saga.recovery.time.sleep", step_ends)
     assert recover_run(saga.definition, DAG_ID, "r13", reason="run timed out") == []
     assert sleeps == [2.0], "retried once, after a backoff"
     assert saga.journal.get(saga_id).state == j.COMPENSATED
@@ -311,7 +310,7 @@ def test_a_step_result_is_not_kept_once_the_saga_moved_on(saga):
 
 
 def test_one_saga_whose_compensation_keeps_failing_does_not_stop_the_sweep(saga, monkeypatch):
-    monkeypatch.setattr("include.dbt_platform.saga.engine.time.sleep", lambda seconds: None)
+    monkeypatch.setattr("include.dbt_platform.saga.recovery.time.sleep", lambda seconds: None)
     saga.rec.fail["third"] = PermanentError("no")
     stuck, fine = drive(saga, "r15"), None
     saga.rec.fail["undo second"] = RuntimeError("stuck")

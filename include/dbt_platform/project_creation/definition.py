@@ -25,7 +25,7 @@ from datetime import timedelta
 from functools import cache
 
 from include.dbt_platform.config import get_settings
-from include.dbt_platform.project_creation import steps
+from include.dbt_platform.project_creation import steps, validation
 from include.dbt_platform.project_creation.request import idempotency_key_of, parse_request
 from include.dbt_platform.saga.definition import RetryPolicy, SagaDefinition, Step
 
@@ -47,7 +47,7 @@ def _declared() -> SagaDefinition:
         steps=[
             Step(
                 "validate_request",
-                steps.validate_request,
+                validation.validate_request,
                 retry=RetryPolicy(retries=2),
                 timeout=timedelta(minutes=2),
                 doc="Checks the request. A bad request fails at once, changing nothing.",

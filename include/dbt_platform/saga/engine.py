@@ -6,7 +6,8 @@
 
 (:mod:`.tasks` builds that graph.) State lives in the journal (:mod:`.journal`), not in Airflow task
 state, so a run that times out, is killed or is marked failed by hand is still finished by the DAG's
-failure callback or the recovery DAG, both of which call :func:`compensate_saga`.
+failure callback or the recovery DAG, both of which call :func:`compensate_saga` (through
+:mod:`.recovery`).
 
 A step and a compensation of the same saga never run at the same time: each holds the saga's fence
 (:meth:`.journal.Journal.fence`) while it runs, and every journal transition is conditional on the
@@ -244,40 +245,6 @@ def compensate_saga(
         return failures
 
 
-def finish_with_retries(
-    definition: SagaDefinition,
-    saga_id: str,
-    reason: str,
-    *,
-    attempts: int = 4,
-    first_delay: float = 2.0,
-    wait_seconds: float = FENCE_WAIT_SECONDS,
-) -> list[str]:
-    """Compensate (or, past the pivot, complete) from outside the run: the DAG's failure callback and
-    the recovery sweep. A busy fence, an unreachable database or a failing compensation is retried
-    with exponential backoff; the last attempt is final (FAILED and alerted if something still
-    fails). Returns the compensations that failed; raises TransientError if the saga stayed busy."""
-    delay = first_delay
-    for attempt in range(1, attempts + 1):
-        final = attempt == attempts
-        try:
-            failures = compensate_saga(
-                definition, saga_id, final_attempt=final, reason=reason, wait_seconds=wait_seconds
-            )
-        except TransientError:
-            if final:
-                raise
-            failures = None
-        if failures == [] or (failures and final):
-            return failures
-        log.warning(
-            "[saga=%s] not finished (attempt %s of %s); retrying in %.0fs", saga_id, attempt, attempts, delay
-        )
-        time.sleep(delay)
-        delay *= 2
-    return []
-
-
 def compensate_task(definition: SagaDefinition, context: dict) -> None:
     from airflow.sdk.exceptions import AirflowException
 
@@ -332,12 +299,3 @@ def report_outcome(
             f"saga {saga.saga_id} ended {saga.state}: {saga.first_cause or saga.error or 'see the journal'}"
         )
     return outcome
-
-
-def recover_run(definition: SagaDefinition, dag_id: str, run_id: str, reason: str) -> list[str]:
-    """Finish the saga of a run that Airflow ended without finishing it (timeout, kill, manual mark)."""
-    saga_id = j.saga_id_for(dag_id, run_id)
-    saga = definition.journal().get(saga_id)
-    if saga is None or saga.state in j.TERMINAL_SAGA_STATES:
-        return []
-    return finish_with_retries(definition, saga_id, reason)

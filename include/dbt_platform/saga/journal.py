@@ -3,23 +3,25 @@
 A step's intent is written (state EXECUTING, event ``step_started``) before its side effect, so a
 crash between the effect and the recording of its result still leaves the step marked as begun: the
 compensation then undoes whatever of it exists. No secret is ever written here.
+
+Every state transition of a saga and of its steps is one method here, a conditional UPDATE and its
+event in one transaction: the module is kept whole (and a little over 300 lines) so that the state
+machine reads in one place. The states, tables and records are in :mod:`.journal_schema`.
 """
 
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import psycopg2
 import psycopg2.errors
 import psycopg2.extras
 
 from include.dbt_platform.errors import TransientError
-from include.dbt_platform.saga.journal_schema import (  # noqa: F401 - the states are part of this API
+from include.dbt_platform.saga.journal_schema import (  # noqa: F401 - the states and records are its API
     COMPENSATED,
     COMPENSATING,
     COMPENSATION_FAILED,
@@ -35,47 +37,11 @@ from include.dbt_platform.saga.journal_schema import (  # noqa: F401 - the state
     STEP_STATES,
     SUCCEEDED,
     TERMINAL_SAGA_STATES,
+    Begin,
+    SagaRecord,
+    StepRecord,
+    saga_id_for,
 )
-
-_NAMESPACE = uuid.UUID("6f1f6c2e-8d7b-4b0e-9a51-0d3c2f8a9b10")
-
-
-def saga_id_for(dag_id: str, run_id: str) -> str:
-    """One saga per DAG run, the same id however often a task of the run is retried or cleared."""
-    return str(uuid.uuid5(_NAMESPACE, f"{dag_id}/{run_id}"))
-
-
-@dataclass(frozen=True)
-class SagaRecord:
-    saga_id: str
-    saga_name: str
-    dag_id: str
-    run_id: str
-    idempotency_key: str | None
-    request: dict
-    state: str
-    error: str | None
-    created_at: datetime
-    deadline_at: datetime | None
-    first_cause: str | None = None
-
-
-@dataclass(frozen=True)
-class StepRecord:
-    step_name: str
-    position: int
-    state: str
-    attempts: int
-    result: dict | None
-    error: str | None
-
-
-@dataclass(frozen=True)
-class Begin:
-    """Outcome of :meth:`Journal.begin`: a new saga, a re-run of this run's saga, or a duplicate."""
-
-    kind: str  # "new" | "existing" | "duplicate"
-    saga: SagaRecord
 
 
 class Journal:

@@ -1,4 +1,11 @@
-"""The saga journal's states and its tables (created by :meth:`.journal.Journal.ensure_schema`)."""
+"""The saga journal's states, its tables (created by :meth:`.journal.Journal.ensure_schema`) and the
+records read from them."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
 
 # Saga states
 PENDING, EXECUTING, COMPLETED = "PENDING", "EXECUTING", "COMPLETED"
@@ -87,3 +94,44 @@ create or replace view saga.step_durations as
            extract(epoch from st.finished_at - st.started_at) as seconds
     from saga.sagas s join saga.steps st using (saga_id);
 """
+
+
+_NAMESPACE = uuid.UUID("6f1f6c2e-8d7b-4b0e-9a51-0d3c2f8a9b10")
+
+
+def saga_id_for(dag_id: str, run_id: str) -> str:
+    """One saga per DAG run, the same id however often a task of the run is retried or cleared."""
+    return str(uuid.uuid5(_NAMESPACE, f"{dag_id}/{run_id}"))
+
+
+@dataclass(frozen=True)
+class SagaRecord:
+    saga_id: str
+    saga_name: str
+    dag_id: str
+    run_id: str
+    idempotency_key: str | None
+    request: dict
+    state: str
+    error: str | None
+    created_at: datetime
+    deadline_at: datetime | None
+    first_cause: str | None = None
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    step_name: str
+    position: int
+    state: str
+    attempts: int
+    result: dict | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class Begin:
+    """Outcome of :meth:`Journal.begin`: a new saga, a re-run of this run's saga, or a duplicate."""
+
+    kind: str  # "new" | "existing" | "duplicate"
+    saga: SagaRecord

@@ -1,17 +1,64 @@
-"""Find sagas their runs left unfinished and finish them; re-drive FAILED ones on request."""
+"""Finishing sagas from outside their run: the DAG's failure callback (a run that timed out, was
+killed or marked failed), the recovery sweep (sagas their runs left unfinished), and the re-drive
+of FAILED ones on request. Each retries with backoff."""
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from include.dbt_platform.errors import TransientError
 from include.dbt_platform.saga import journal as j
 from include.dbt_platform.saga.definition import SagaDefinition
-from include.dbt_platform.saga.engine import finish_with_retries
+from include.dbt_platform.saga.engine import FENCE_WAIT_SECONDS, compensate_saga
 
 log = logging.getLogger(__name__)
 RUN_OVER = {"failed", "success"}
+
+
+def finish_with_retries(
+    definition: SagaDefinition,
+    saga_id: str,
+    reason: str,
+    *,
+    attempts: int = 4,
+    first_delay: float = 2.0,
+    wait_seconds: float = FENCE_WAIT_SECONDS,
+) -> list[str]:
+    """Compensate (or, past the pivot, complete) from outside the run: the DAG's failure callback and
+    the recovery sweep. A busy fence, an unreachable database or a failing compensation is retried
+    with exponential backoff; the last attempt is final (FAILED and alerted if something still
+    fails). Returns the compensations that failed; raises TransientError if the saga stayed busy."""
+    delay = first_delay
+    for attempt in range(1, attempts + 1):
+        final = attempt == attempts
+        try:
+            failures = compensate_saga(
+                definition, saga_id, final_attempt=final, reason=reason, wait_seconds=wait_seconds
+            )
+        except TransientError:
+            if final:
+                raise
+            failures = None
+        if failures == [] or (failures and final):
+            return failures
+        log.warning(
+            "[saga=%s] not finished (attempt %s of %s); retrying in %.0fs", saga_id, attempt, attempts, delay
+        )
+        time.sleep(delay)
+        delay *= 2
+    return []
+
+
+def recover_run(definition: SagaDefinition, dag_id: str, run_id: str, reason: str) -> list[str]:
+    """Finish the saga of a run that Airflow ended without finishing it (timeout, kill, manual mark)."""
+    saga_id = j.saga_id_for(dag_id, run_id)
+    saga = definition.journal().get(saga_id)
+    if saga is None or saga.state in j.TERMINAL_SAGA_STATES:
+        return []
+    return finish_with_retries(definition, saga_id, reason)
 
 
 def recover_sagas(

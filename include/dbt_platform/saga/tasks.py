@@ -5,13 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from include.dbt_platform.saga.definition import SagaDefinition
-from include.dbt_platform.saga.engine import (
-    compensate_task,
-    complete_saga,
-    recover_run,
-    report_outcome,
-    run_step,
-)
+from include.dbt_platform.saga.engine import compensate_task, complete_saga, report_outcome, run_step
+from include.dbt_platform.saga.recovery import recover_run
 
 
 def build_tasks(definition: SagaDefinition) -> dict[str, Any]:
