@@ -157,7 +157,7 @@ class Postgres:
         with self.cursor() as cur:
             if self.database_marker(reserved) is None:
                 cur.execute(sql.SQL("create database {}").format(tmp))
-                boundary("database created under its reserved name")
+            boundary("database created under its reserved name")  # by this attempt or an earlier one
             cur.execute(sql.SQL("comment on database {} is {}").format(tmp, sql.Literal(marker(saga_id))))
             boundary("database marked")
             # Only roles granted CONNECT (this project's) may connect.

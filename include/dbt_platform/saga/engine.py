@@ -202,9 +202,14 @@ def compensate_saga(
             slog.info("past the pivot (%s): completing instead of compensating", definition.pivot)
             finish_forward(definition, journal, saga)
             return []
+        records = {s.step_name: s for s in journal.steps(saga_id)}
+        unfinished = [s.step_name for s in records.values() if s.state == j.EXECUTING]
+        if unfinished:  # began, and nothing recorded its end: its task process died or was killed
+            journal.record_first_cause(
+                saga_id, f"{unfinished[-1]}: did not finish (its task process ended: {reason})"
+            )
         journal.record_first_cause(saga_id, reason)
         journal.set_state(saga_id, j.COMPENSATING, reason, only_from=(j.EXECUTING, j.COMPENSATING, j.FAILED))
-        records = {s.step_name: s for s in journal.steps(saga_id)}
         failures: list[str] = []
         request = None
         for step in reversed(definition.steps):
