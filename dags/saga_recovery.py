@@ -1,8 +1,9 @@
 """
 # `saga_recovery` — finish sagas that their runs left unfinished
 
-Every 10 minutes: finds sagas still EXECUTING or COMPENSATING whose Airflow run is over (failed,
-timed out, killed, marked by hand) or past the saga deadline, and compensates them.
+Every 10 minutes: finds sagas (of every kind: creation, new environment, rotation, decommission)
+still EXECUTING or COMPENSATING whose Airflow run is over (failed, timed out, killed, marked by hand)
+or past the saga deadline, and compensates them (or, past their pivot, finishes them forward).
 
 **Re-drive** a FAILED saga (a compensation that failed for good) once the cause is fixed: trigger this
 DAG with conf `{"saga_id": "<id>"}`.
@@ -12,8 +13,8 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import DAG, Param, task
 
-from include.dbt_platform.project_creation.definition import definition
-from include.dbt_platform.saga.recovery import recover_sagas
+from include.dbt_platform.saga.recovery import recover_all
+from include.dbt_platform.sagas import definitions
 
 with DAG(
     dag_id="saga_recovery",
@@ -38,8 +39,8 @@ with DAG(
     def recover(params=None) -> dict:
         from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
 
-        return recover_sagas(
-            definition(), RuntimeTaskInstance.get_dagrun_state, saga_id=(params or {}).get("saga_id")
+        return recover_all(
+            definitions(), RuntimeTaskInstance.get_dagrun_state, saga_id=(params or {}).get("saga_id")
         )
 
     recover()

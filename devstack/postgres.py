@@ -219,6 +219,9 @@ def ensure_databases(stack: StackSettings, names: tuple[str, ...] | list[str]) -
                         sql.Identifier(role), sql.Literal(verifier)
                     )
                 )
+            # The platform role may end other roles' sessions (not a superuser's): dropping a project's
+            # database with FORCE, or decommissioning it, must not wait for a reader's idle session.
+            cur.execute("grant pg_signal_backend to dbt_platform")
             for name in names:
                 owner = role_for(name)
                 cur.execute("select pg_get_userbyid(datdba) from pg_database where datname = %s", (name,))

@@ -8,6 +8,7 @@ psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname postgres \
 SET password_encryption = 'scram-sha-256';
 CREATE ROLE airflow LOGIN PASSWORD :'airflow_pw';
 CREATE ROLE dbt_platform LOGIN CREATEDB CREATEROLE PASSWORD :'platform_pw';
+GRANT pg_signal_backend TO dbt_platform;  -- to end a project's sessions when dropping it
 CREATE ROLE warehouse LOGIN PASSWORD :'warehouse_pw';
 CREATE DATABASE airflow OWNER airflow;
 CREATE DATABASE platform OWNER dbt_platform;

@@ -10,7 +10,6 @@ from dataclasses import replace
 import psycopg2
 
 from include.dbt_platform.config import get_settings
-from include.dbt_platform.project_creation import definition as project_saga
 from include.dbt_platform.project_creation import steps as saga_steps
 from include.dbt_platform.saga import journal as j
 from include.dbt_platform.saga.recovery import recover_sagas
@@ -83,6 +82,7 @@ def inventory() -> dict:
         "repositories": listing(settings.repositories_dir),
         "registered": listing(settings.registry_dir),
         "secrets_files": listing(settings.state_dir / "secrets"),
+        "archives": listing(settings.state_dir / "archives"),
     }
 
 
@@ -108,18 +108,21 @@ def journal() -> j.Journal:
     return saga_steps.journal()
 
 
-def teardown_definition():
-    """The saga without its pivot: what the tests use to take down what a completed saga made (the
+def teardown_definition(saga_name: str = "dbt_project_create"):
+    """A saga without its pivot: what the tests use to take down what a completed saga made (the
     product itself never compensates a saga past its pivot)."""
-    return replace(project_saga.definition(), pivot=None)
+    from include.dbt_platform.sagas import definitions
+
+    return replace(definitions()[saga_name], pivot=None)
 
 
 def undo_saga(saga_id: str) -> None:
+    saga = journal().get(saga_id)
     journal().set_state(saga_id, j.EXECUTING)
-    recover_sagas(teardown_definition(), lambda d, r: "failed", saga_id=saga_id)
+    recover_sagas(teardown_definition(saga.saga_name), lambda d, r: "failed", saga_id=saga_id)
 
 
 def undo_completed_sagas() -> None:
     """Leave the test databases as found: compensate every saga the tests completed."""
-    for saga in journal().find((j.COMPLETED,)):
+    for saga in reversed(journal().find((j.COMPLETED,))):  # newest first: lifecycle sagas, then creation
         undo_saga(saga.saga_id)

@@ -74,9 +74,19 @@ def test_no_import_errors_without_network_or_database(isolated_dagbag):
 
 
 def test_expected_dags_are_defined(isolated_dagbag):
-    expected = {"inventory_transforms", "dbt_project_create", "saga_recovery", "warehouse_setup",
-                "inventory_marts_report"}  # fmt: skip
+    expected = {"inventory_transforms", "dbt_project_create", "dbt_project_add_environment",
+                "dbt_project_rotate_credentials", "dbt_project_decommission", "saga_recovery",
+                "warehouse_setup", "inventory_marts_report"}  # fmt: skip
     assert expected <= set(isolated_dagbag["dags"])
+
+
+def test_every_platform_dag_id_is_reserved(isolated_dagbag):
+    """A requester may never name a project like a platform DAG (PLATFORM_DAG_IDS): every DAG that
+    is not a dbt project's transformation DAG must be in that list."""
+    from include.dbt_platform.config import PLATFORM_DAG_IDS
+
+    platform = {d for d, dag in isolated_dagbag["dags"].items() if "transformations" not in dag["tags"]}
+    assert platform <= PLATFORM_DAG_IDS, platform - PLATFORM_DAG_IDS
 
 
 def _dag_ids():

@@ -69,9 +69,10 @@ class FakeJournal:
         self.step_records[saga_id][step] = replace(self.step_records[saga_id][step], **changes)
         self.log.append((saga_id, step, event))
 
-    def step_started(self, saga_id, step, attempt):
+    def step_started(self, saga_id, step, attempt, *, restart_failed=False):
         record = self.step(saga_id, step)
-        if self.sagas[saga_id].state != j.EXECUTING or record.state not in (j.PENDING, j.EXECUTING):
+        allowed = (j.PENDING, j.EXECUTING, *((j.STEP_FAILED,) if restart_failed else ()))
+        if self.sagas[saga_id].state != j.EXECUTING or record.state not in allowed:
             return False
         self._update(saga_id, step, "step_started", state=j.EXECUTING, attempts=max(record.attempts, attempt))
         return True

@@ -323,3 +323,28 @@ def test_one_saga_whose_compensation_keeps_failing_does_not_stop_the_sweep(saga,
     assert done[stuck] == j.FAILED and done[fine] == j.COMPENSATED
     assert done[broken] == j.FAILED
     assert [alerted for alerted, _ in saga.rec.alerts] == [stuck, broken]
+
+
+def test_steps_after_a_mid_saga_pivot_go_forward_from_outside_the_run(saga, monkeypatch):
+    """A saga whose pivot is not its last step (e.g. decommissioning: dropping roles cannot be
+    undone, removing the files after it can be retried): what is left after the pivot is run by the
+    callback or the sweep, never compensated; a step that keeps failing leaves it FAILED, and a
+    re-drive goes forward again."""
+    monkeypatch.setattr("include.dbt_platform.saga.recovery.time.sleep", lambda seconds: None)
+    definition = replace(saga.definition, pivot="second")
+    saga.rec.fail["third"] = RuntimeError("disk busy")
+    ctx = context("r20")
+    for step in definition.steps[:3]:
+        run_step(definition, step, ctx)
+    with pytest.raises(AirflowFailException):
+        run_step(definition, definition.step("third"), ctx)
+    saga_id = j.saga_id_for(DAG_ID, "r20")
+    assert recover_run(definition, DAG_ID, "r20", reason="run ended failed") == [
+        "third: RuntimeError: disk busy"
+    ]
+    assert saga.journal.get(saga_id).state == j.FAILED, "alerted: going forward needs a hand"
+    assert not any(call.startswith("undo") for call in saga.rec.calls), "nothing undone past the pivot"
+    del saga.rec.fail["third"]
+    assert recover_sagas(definition, lambda d, r: "failed", saga_id=saga_id) == {saga_id: j.COMPLETED}
+    assert saga.rec.calls[-1] == "do third", "the step after the pivot ran again, forward"
+    assert {s.step_name: s.state for s in saga.journal.steps(saga_id)} == {n: j.SUCCEEDED for n in NAMES}

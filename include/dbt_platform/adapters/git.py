@@ -137,3 +137,33 @@ def remove_repository(path: Path, saga_id: str) -> bool:
         shutil.rmtree(staging)
         removed = True
     return removed
+
+
+def archive(path: Path, bundle: Path) -> Path:
+    """Every ref of the repository at ``path`` into one file (``git bundle``), written atomically."""
+    bundle.parent.mkdir(parents=True, exist_ok=True)
+    partial = bundle.with_name(f".{bundle.name}.partial")
+    subprocess.run(
+        ["git", "bundle", "create", "-q", str(partial), "--all"],
+        cwd=path,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    partial.rename(bundle)
+    return bundle
+
+
+def move_aside(path: Path, saga_id: str) -> Path:
+    """Move ``path`` to a hidden sibling named after the saga (idempotent); returns where it is."""
+    aside = path.with_name(f".{path.name}.{saga_id.replace('-', '')[:12]}.aside")
+    if path.exists() and not aside.exists():
+        path.rename(aside)
+    return aside
+
+
+def move_back(path: Path, saga_id: str) -> None:
+    """Undo :func:`move_aside` (idempotent)."""
+    aside = path.with_name(f".{path.name}.{saga_id.replace('-', '')[:12]}.aside")
+    if aside.exists() and not path.exists():
+        aside.rename(path)

@@ -265,6 +265,66 @@ class Postgres:
                     sql.SQL("alter role {} login password {}").format(ident(role), sql.Literal(verifier))
                 )
 
+    def set_password(self, role: str, saga_id: str, password: str) -> None:
+        """A new password for a login role the saga ``saga_id`` made (as its SCRAM verifier)."""
+        if self.role_marker(role) != marker(saga_id):
+            raise Conflict(f"role '{role}' was not made by saga {saga_id}")
+        with self.transaction() as cur:
+            verifier = psycopg2.extensions.encrypt_password(password, role, cur.connection, "scram-sha-256")
+            cur.execute(sql.SQL("alter role {} password {}").format(ident(role), sql.Literal(verifier)))
+
+    def set_login(self, roles: dict[str, str], allowed: bool) -> None:
+        """LOGIN or NOLOGIN for ``{role: the saga that made it}``, in one transaction; NOLOGIN also
+        ends the sessions they have open (a login that may no longer log in may no longer read)."""
+        with self.transaction() as cur:
+            mine = [
+                role for role, saga_id in roles.items() if self._role_marker_in(cur, role) == marker(saga_id)
+            ]
+            for role in mine:
+                cur.execute(
+                    sql.SQL(f"alter role {{}} {'login' if allowed else 'nologin'}").format(ident(role))
+                )
+            if not allowed and mine:
+                cur.execute(
+                    "select pg_terminate_backend(pid) from pg_stat_activity where usename = any(%s)", (mine,)
+                )
+
+    def drop_roles(self, database: str, roles: dict[str, str]) -> list[str]:
+        """Drop ``{role: the saga that made it}``, all in one transaction: either every role is gone or
+        none is. What they own in ``database`` (tables their dbt runs built) passes to the platform's
+        role first, so a database that is kept keeps its data. Returns the roles dropped."""
+        dropped = []
+        with self.transaction(database if self.database_marker(database) is not None else None) as cur:
+            for role, saga_id in roles.items():
+                if self._role_marker_in(cur, role) != marker(saga_id):
+                    continue
+                cur.execute("select pg_has_role(current_user, %s, 'member')", (role,))
+                if not cur.fetchone()[0]:
+                    cur.execute(sql.SQL("grant {} to current_user").format(ident(role)))
+                cur.execute(sql.SQL("reassign owned by {} to current_user").format(ident(role)))
+                cur.execute(sql.SQL("drop owned by {}").format(ident(role)))  # its privileges
+                boundary("a role's objects handed over, the role not yet dropped (one transaction)")
+                cur.execute(sql.SQL("drop role {}").format(ident(role)))
+                dropped.append(role)
+        return dropped
+
+    def grant_environment_access(
+        self, database: str, *, schema: str, login_role: str, owner_role: str, reader_role: str
+    ) -> None:
+        """One environment's grants (as :meth:`grant_project_access` gives each), in one transaction."""
+        db, sch, login = ident(database), ident(schema), ident(login_role)
+        with self.transaction(database) as cur:
+            for statement in (
+                sql.SQL("grant connect on database {} to {}").format(db, login),
+                sql.SQL("grant usage, create on schema {} to {}, {}").format(sch, login, ident(owner_role)),
+                sql.SQL("grant usage on schema {} to {}").format(sch, ident(reader_role)),
+                sql.SQL(
+                    "alter default privileges for role {} in schema {} grant select on tables to {}"
+                ).format(login, sch, ident(reader_role)),
+            ):
+                cur.execute(statement)
+                boundary("one grant given, the others not yet (one transaction)")
+
     def drop_role(self, role: str, saga_id: str, databases: list[str]) -> bool:
         if self.role_marker(role) != marker(saga_id):
             return False

@@ -84,6 +84,72 @@ class ConnectionStore:
                 "extra": {"dbt_schema": schema, CREATED_BY: saga_id},
             }
 
+    def password_of(self, conn_id: str, created_by: str) -> str | None:
+        """The stored password of an entry the saga ``created_by`` made (None if there is none)."""
+        with self._locked() as data:
+            entry = data.get(conn_id)
+            if entry and (entry.get("extra") or {}).get(CREATED_BY) == created_by:
+                return entry.get("password")
+        return None
+
+    # A rotation keeps the previous password until it completes, beside the store (never in a
+    # connection's extra, which tasks and profiles read): ``<file>.rotations``, 0600, same lock.
+    def _rotations_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".rotations")
+
+    def _rotations(self) -> dict:
+        path = self._rotations_path()
+        return json.loads(path.read_text() or "{}") if path.exists() else {}
+
+    def _save_rotations(self, rotations: dict) -> None:
+        path = self._rotations_path()
+        if not rotations:
+            path.unlink(missing_ok=True)
+            return
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(rotations, fh, indent=1, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+    def rotate(self, conn_id: str, *, created_by: str, saga_id: str, password: str) -> None:
+        """The entry (made by the saga ``created_by``) gets ``password``; its previous password is kept
+        for :meth:`undo_rotation` until :meth:`finish_rotation`. Idempotent for one rotating saga."""
+        with self._locked() as data:
+            entry = data.get(conn_id)
+            if not entry or (entry.get("extra") or {}).get(CREATED_BY) != created_by:
+                raise Conflict(f"connection '{conn_id}' was not made by saga {created_by}")
+            rotations = self._rotations()
+            kept = rotations.get(conn_id)
+            if kept and kept["saga"] != saga_id:
+                raise Conflict(f"connection '{conn_id}' is being rotated by saga {kept['saga']}")
+            if not kept:
+                rotations[conn_id] = {"saga": saga_id, "previous": entry["password"]}
+                self._save_rotations(rotations)
+            boundary("previous password kept, the new one not yet stored")
+            entry["password"] = password
+
+    def undo_rotation(self, conn_id: str, saga_id: str) -> str | None:
+        """Put the previous password back (if ``saga_id`` rotated this entry); returns it."""
+        with self._locked() as data:
+            rotations = self._rotations()
+            kept = rotations.get(conn_id)
+            if not kept or kept["saga"] != saga_id:
+                return None
+            if conn_id in data:
+                data[conn_id]["password"] = kept["previous"]
+            return kept["previous"]
+
+    def finish_rotation(self, conn_id: str, saga_id: str) -> None:
+        """Forget the previous password of a rotation ``saga_id`` completed (or undid)."""
+        with self._locked():
+            rotations = self._rotations()
+            if rotations.get(conn_id, {}).get("saga") == saga_id:
+                del rotations[conn_id]
+                self._save_rotations(rotations)
+
     def set_platform_connection(self, conn_id: str, entry: dict) -> None:
         """An entry of the platform's own (its database, its warehouse): written by the stack's setup,
         never by a saga; an entry a saga made is not replaced."""

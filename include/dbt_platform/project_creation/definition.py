@@ -120,11 +120,19 @@ def _declared() -> SagaDefinition:
     )
 
 
-@cache
-def definition() -> SagaDefinition:
-    """The saga as declared, with the operators' overrides from the settings applied."""
+def configured(saga: SagaDefinition) -> SagaDefinition:
+    """A saga with the operators' overrides from the settings applied (drills and tests shorten them):
+    ``DBT_PLATFORM_SAGA_TIMEOUTS`` (the names of this saga's steps, and ``saga``) and
+    ``DBT_PLATFORM_SAGA_RETRY_DELAY_SECONDS``. Every saga of the platform reads the same settings."""
     settings = get_settings()
-    saga = _declared().with_timeouts(settings.saga_timeouts)
+    known = {"saga", *(s.name for s in saga.steps)}
+    saga = saga.with_timeouts({k: v for k, v in settings.saga_timeouts.items() if k in known})
     if settings.saga_retry_delay_seconds is not None:
         saga = saga.with_retry_delay(timedelta(seconds=settings.saga_retry_delay_seconds))
     return saga
+
+
+@cache
+def definition() -> SagaDefinition:
+    """The project-creation saga as declared, with the operators' overrides applied."""
+    return configured(_declared())

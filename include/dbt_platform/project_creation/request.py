@@ -38,17 +38,11 @@ RESERVED = frozenset(
 
 
 @dataclass(frozen=True)
-class ProjectRequest:
-    project_name: str
-    owner: str
-    description: str
-    environments: tuple[str, ...]
-    database_mode: str
-    database_name: str
-    readers: tuple[str, ...]
-    idempotency_key: str | None
+class ProjectNames:
+    """Every name derived from a project's name, in one place (every lifecycle saga uses them)."""
 
-    # Every derived name in one place.
+    project_name: str
+
     def schema(self, env: str) -> str:
         return f"{self.project_name}_{env}"
 
@@ -66,20 +60,19 @@ class ProjectRequest:
     def reader_role(self) -> str:
         return f"{self.project_name}_reader"
 
-    def as_dict(self) -> dict:
-        return {
-            "project_name": self.project_name,
-            "owner": self.owner,
-            "description": self.description,
-            "environments": list(self.environments),
-            "database_mode": self.database_mode,
-            "database_name": self.database_name,
-            "readers": list(self.readers),
-            "idempotency_key": self.idempotency_key,
-        }
+
+@dataclass(frozen=True)
+class ProjectRequest(ProjectNames):
+    owner: str
+    description: str
+    environments: tuple[str, ...]
+    database_mode: str
+    database_name: str
+    readers: tuple[str, ...]
+    idempotency_key: str | None
 
 
-def _identifier(value, what: str, *, max_len: int = 63, pattern=NAME_RE) -> str:
+def identifier(value, what: str, *, max_len: int = 63, pattern=NAME_RE) -> str:
     if not isinstance(value, str) or not value:
         raise RequestInvalid(f"{what} is required")
     if len(value.encode()) > max_len:
@@ -105,7 +98,7 @@ def parse_request(params: dict) -> ProjectRequest:
     unknown = sorted(set(params) - set(FIELDS))
     if unknown:
         raise RequestInvalid(f"unknown field(s) {unknown}; a request has only {list(FIELDS)}")
-    name = _identifier(params.get("project_name"), "project_name", max_len=MAX_NAME)
+    name = identifier(params.get("project_name"), "project_name", max_len=MAX_NAME)
     if name in PLATFORM_DAG_IDS:
         raise RequestInvalid(f"project_name {name!r} is the id of a platform DAG; choose another name")
     owner = params.get("owner")
@@ -125,13 +118,13 @@ def parse_request(params: dict) -> ProjectRequest:
     if mode == "new":
         database = f"dbt_{name}"
     elif mode == "existing":
-        database = _identifier(params.get("database_name"), "database_name")
+        database = identifier(params.get("database_name"), "database_name")
     else:
         raise RequestInvalid(f"database_mode must be 'new' or 'existing', got {mode!r}")
     readers = params.get("readers") or []
     if not isinstance(readers, list):
         raise RequestInvalid("readers must be a list of role names")
-    readers = tuple(_identifier(r, "reader role", pattern=ROLE_RE) for r in readers)
+    readers = tuple(identifier(r, "reader role", pattern=ROLE_RE) for r in readers)
     key = params.get("idempotency_key") or None
     if key is not None and idempotency_key_of(params) is None:
         raise RequestInvalid(

@@ -156,6 +156,52 @@ def finish_forward(definition: SagaDefinition, journal: j.Journal, saga: j.SagaR
         metrics.saga_finished(definition.name, j.COMPLETED, saga.created_at)
 
 
+def go_forward(
+    definition: SagaDefinition, journal: j.Journal, saga: j.SagaRecord, *, final_attempt: bool
+) -> list[str]:
+    """Past the pivot: run the steps after it that have not succeeded, in order, then complete.
+
+    Used when the run ended before doing so (its failure callback, the recovery sweep, a re-drive).
+    Returns what failed; on the final attempt a failure leaves the saga FAILED and alerted (a re-drive
+    goes forward again)."""
+    slog = saga_logger(saga.saga_id)
+    if saga.state == j.FAILED:  # a re-drive
+        journal.set_state(saga.saga_id, j.EXECUTING, "re-driven forward", only_from=(j.FAILED,))
+    request = None
+    after = definition.steps[[s.name for s in definition.steps].index(definition.pivot) + 1 :]
+    for step in after:
+        record = journal.step(saga.saga_id, step.name)
+        if record.state == j.SUCCEEDED:
+            continue
+        attempt = record.attempts + 1
+        journal.step_started(saga.saga_id, step.name, attempt, restart_failed=True)
+        try:
+            if request is None:
+                request = definition.parse_request(saga.request)
+            result = step.action(
+                _context_for(
+                    definition, journal, saga.saga_id, request, step, attempt, FaultInjector(None, False)
+                )
+            )
+        except Exception as exc:
+            err = classify(exc)
+            journal.step_failed(saga.saga_id, step.name, f"{type(err).__name__}: {err}", final=final_attempt)
+            slog.error("going forward, %s failed (%s): %s", step.name, type(err).__name__, err)
+            failure = f"{step.name}: {err}"
+            if final_attempt:
+                journal.set_state(
+                    saga.saga_id, j.FAILED, f"going forward failed: {failure}", only_from=(j.EXECUTING,)
+                )
+                metrics.saga_finished(definition.name, j.FAILED, saga.created_at)
+                if definition.on_alert:
+                    definition.on_alert(journal.get(saga.saga_id), [failure])
+            return [failure]
+        journal.step_succeeded(saga.saga_id, step.name, result)
+        slog.info("going forward, %s succeeded", step.name)
+    finish_forward(definition, journal, journal.get(saga.saga_id))
+    return []
+
+
 def complete_saga(definition: SagaDefinition, context: dict) -> None:
     _, _, saga_id = _ids(context)
     journal = definition.journal()
@@ -199,9 +245,8 @@ def compensate_saga(
         if saga is None or saga.state in (j.COMPLETED, j.COMPENSATED):
             return []
         if past_pivot(definition, journal, saga_id):
-            slog.info("past the pivot (%s): completing instead of compensating", definition.pivot)
-            finish_forward(definition, journal, saga)
-            return []
+            slog.info("past the pivot (%s): going forward instead of compensating", definition.pivot)
+            return go_forward(definition, journal, saga, final_attempt=final_attempt)
         records = {s.step_name: s for s in journal.steps(saga_id)}
         unfinished = [s.step_name for s in records.values() if s.state == j.EXECUTING]
         if unfinished:  # began, and nothing recorded its end: its task process died or was killed

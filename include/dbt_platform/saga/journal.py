@@ -211,16 +211,17 @@ class Journal:
     def step(self, saga_id: str, step: str) -> StepRecord:
         return next(s for s in self.steps(saga_id) if s.step_name == step)
 
-    def step_started(self, saga_id: str, step: str, attempt: int) -> bool:
+    def step_started(self, saga_id: str, step: str, attempt: int, *, restart_failed: bool = False) -> bool:
         """The intent, recorded before the side effect; only while the saga is EXECUTING and the step
-        has not ended (True if recorded)."""
+        has not ended (or, going forward after the pivot, ended FAILED). True if recorded."""
+        allowed = [PENDING, EXECUTING, *([STEP_FAILED] if restart_failed else [])]
         with self._tx() as cur:
             cur.execute(
                 "update saga.steps st set state = %s, attempts = greatest(st.attempts, %s), error = null, "
                 "started_at = coalesce(st.started_at, clock_timestamp()), updated_at = clock_timestamp() "
                 "from saga.sagas s where s.saga_id = st.saga_id and st.saga_id = %s and st.step_name = %s "
-                "and s.state = %s and st.state in (%s, %s) returning 1",
-                (EXECUTING, attempt, saga_id, step, EXECUTING, PENDING, EXECUTING),
+                "and s.state = %s and st.state = any(%s) returning 1",
+                (EXECUTING, attempt, saga_id, step, EXECUTING, allowed),
             )
             if cur.fetchone() is None:
                 return False

@@ -81,11 +81,13 @@ def recover_sagas(
     now = now or datetime.now(UTC)
     if saga_id:
         saga = journal.get(saga_id)
-        if saga is None:
-            raise ValueError(f"no saga {saga_id}")
+        if saga is None or saga.saga_name != definition.name:
+            raise ValueError(f"no {definition.name} saga {saga_id}")
         candidates = [saga] if saga.state in (j.EXECUTING, j.COMPENSATING, j.FAILED) else []
     else:
-        candidates = journal.find((j.EXECUTING, j.COMPENSATING))
+        candidates = [
+            s for s in journal.find((j.EXECUTING, j.COMPENSATING)) if s.saga_name == definition.name
+        ]
     done: dict[str, str] = {}
     for saga in candidates:
         try:
@@ -108,4 +110,23 @@ def recover_sagas(
             log.exception("[saga=%s] recovery failed; the next sweep tries again", saga.saga_id)
             done[saga.saga_id] = f"not finished: {type(exc).__name__}: {exc}"
         log.info("[saga=%s] recovery: %s", saga.saga_id, done[saga.saga_id])
+    return done
+
+
+def recover_all(
+    definitions: dict[str, SagaDefinition],
+    run_state: Callable[[str, str], str | None],
+    *,
+    saga_id: str | None = None,
+) -> dict:
+    """:func:`recover_sagas` for every saga the platform runs (all share one journal); with
+    ``saga_id``, the re-drive of that one saga by its own definition."""
+    if saga_id:
+        saga = next(iter(definitions.values())).journal().get(saga_id)
+        if saga is None or saga.saga_name not in definitions:
+            raise ValueError(f"no saga {saga_id}")
+        return recover_sagas(definitions[saga.saga_name], run_state, saga_id=saga_id)
+    done: dict[str, str] = {}
+    for definition in definitions.values():
+        done |= recover_sagas(definition, run_state)
     return done

@@ -53,8 +53,11 @@ def build_tasks(definition: SagaDefinition) -> dict[str, Any]:
         doc_md="The run's verdict: succeeds only when the saga COMPLETED.",
     )
     chain(*forward, complete_task)
-    # Not complete_task: a failure after the pivot is retried forward (recovery), never compensated.
-    for task in forward:
+    # Only the steps up to the pivot: a failure after it (or of complete_task) is retried forward by the
+    # failure callback and the recovery sweep, never compensated.
+    names = [s.name for s in definition.steps]
+    last = names.index(definition.pivot) if definition.pivot else len(names) - 1
+    for task in forward[: last + 1]:
         task >> compensate
     [complete_task, compensate] >> outcome
     return {"forward": forward, "complete": complete_task, "compensate": compensate, "outcome": outcome}
@@ -79,3 +82,30 @@ def failure_callback(definition: SagaDefinition):
         )
 
     return compensate_unfinished_saga
+
+
+def saga_dag(
+    definition: SagaDefinition, *, params: dict, doc_md: str, tags: list[str], max_active_runs: int = 16
+):
+    """The saga's DAG (id: the saga's name): its params as the trigger form, manual and REST triggers
+    only, ``dagrun_timeout`` the saga's timeout, the failure callback that finishes what the run left."""
+    from datetime import UTC, datetime
+
+    from airflow.sdk import DAG
+
+    with DAG(
+        dag_id=definition.name,
+        schedule=None,
+        start_date=datetime(2024, 1, 1, tzinfo=UTC),
+        catchup=False,
+        max_active_runs=max_active_runs,
+        dagrun_timeout=definition.timeout,
+        params=params,
+        doc_md=doc_md,
+        tags=tags,
+        default_args={"owner": "data-platform"},
+        on_failure_callback=failure_callback(definition),
+        render_template_as_native_obj=True,
+    ) as dag:
+        build_tasks(definition)
+    return dag
