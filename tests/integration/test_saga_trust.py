@@ -175,6 +175,7 @@ def test_a_rejected_request_does_not_burn_its_idempotency_key_and_says_why(saga_
         "state": j.COMPLETED,
         "duplicate_of": None,
         "first_cause": None,
+        "requester": "dag_test",  # who triggered the run: dag.test() says so; the UI and REST give the user
     }
 
 

@@ -23,7 +23,9 @@ class FakeJournal:
     def ensure_schema(self) -> None:
         pass
 
-    def begin(self, *, saga_id, saga_name, dag_id, run_id, request, idempotency_key, steps, timeout):
+    def begin(
+        self, *, saga_id, saga_name, dag_id, run_id, request, idempotency_key, steps, timeout, requester=None
+    ):
         if saga_id in self.sagas:
             return j.Begin("existing", self.sagas[saga_id])
         for saga in self.sagas.values():
@@ -33,7 +35,7 @@ class FakeJournal:
         now = datetime.now(UTC)
         self.sagas[saga_id] = j.SagaRecord(
             saga_id, saga_name, dag_id, run_id, idempotency_key, request, j.EXECUTING, None, now,
-            now + (timeout or timedelta(0)),
+            now + (timeout or timedelta(0)), None, requester,
         )  # fmt: skip
         self.step_records[saga_id] = {
             name: j.StepRecord(name, position, j.PENDING, 0, None, None)

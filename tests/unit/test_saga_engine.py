@@ -90,7 +90,7 @@ def context(run_id: str, try_number: int = 1, **params) -> dict:
     ti = FakeTI(
         dag_id=DAG_ID, run_id=run_id, try_number=try_number, task=SimpleNamespace(retries=3), xcoms={}
     )
-    return {"ti": ti, "params": {"who": "ana", **params}}
+    return {"ti": ti, "params": {"who": "ana", **params}, "dag_run": SimpleNamespace(triggering_user_name="ana")}
 
 
 def drive(saga, run_id: str, **params) -> str:
@@ -202,6 +202,7 @@ def test_the_same_idempotency_key_starts_no_second_saga_and_reports_the_first(sa
         "state": j.COMPLETED,
         "duplicate_of": first,
         "first_cause": None,
+        "requester": "ana",
     }
 
 
@@ -260,7 +261,7 @@ def test_the_first_cause_is_kept_whatever_fails_later(saga):
         report_outcome(saga.definition, ctx)
     assert ctx["ti"].xcoms[OUTCOME_XCOM_KEY] == {
         "saga_id": saga_id, "state": j.FAILED, "duplicate_of": None,
-        "first_cause": "second: PermanentError: disk full",
+        "first_cause": "second: PermanentError: disk full", "requester": "ana",
     }  # fmt: skip
 
 

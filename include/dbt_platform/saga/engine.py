@@ -82,6 +82,7 @@ def run_step(definition: SagaDefinition, step: Step, context: dict) -> None:
             idempotency_key=definition.idempotency_key(params),
             steps=[s.name for s in definition.steps],
             timeout=definition.timeout,
+            requester=getattr(context.get("dag_run"), "triggering_user_name", None),
         )
         if begun.kind == "duplicate":
             slog.info("idempotency key already used by saga %s: creating nothing", begun.saga.saga_id)
@@ -342,6 +343,7 @@ def report_outcome(
         "state": saga.state,
         "duplicate_of": original,
         "first_cause": saga.first_cause,
+        "requester": saga.requester,
     }
     context["ti"].xcom_push(key=OUTCOME_XCOM_KEY, value=outcome)
     if saga.state != j.COMPLETED:

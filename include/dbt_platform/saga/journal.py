@@ -68,7 +68,7 @@ class Journal:
             # The newest column tells whether this version's tables are there (one cheap query).
             cur.execute(
                 "select 1 from information_schema.columns where table_schema = 'saga' "
-                "and table_name = 'sagas' and column_name = 'released_idempotency_key'"
+                "and table_name = 'sagas' and column_name = 'requester'"
             )
             if cur.fetchone():
                 return
@@ -102,6 +102,7 @@ class Journal:
         idempotency_key: str | None,
         steps: list[str],
         timeout: timedelta | None,
+        requester: str | None = None,
     ) -> Begin:
         """Record the saga (or find it). Safe to call again from a retried or cleared task."""
         for _ in range(3):
@@ -125,8 +126,8 @@ class Journal:
                             return Begin("duplicate", self._get(cur, original))
                     cur.execute(
                         "insert into saga.sagas (saga_id, saga_name, dag_id, run_id, idempotency_key, request, "
-                        "state, deadline_at) values (%s, %s, %s, %s, %s, %s, %s, "
-                        "clock_timestamp() + %s)",
+                        "state, deadline_at, requester) values (%s, %s, %s, %s, %s, %s, %s, "
+                        "clock_timestamp() + %s, %s)",
                         (
                             saga_id,
                             saga_name,
@@ -136,6 +137,7 @@ class Journal:
                             json.dumps(request),
                             EXECUTING,
                             timeout,
+                            requester,
                         ),
                     )
                     for position, step in enumerate(steps, start=1):
@@ -143,7 +145,12 @@ class Journal:
                             "insert into saga.steps (saga_id, step_name, position, state) values (%s, %s, %s, %s)",
                             (saga_id, step, position, PENDING),
                         )
-                    self._event(cur, saga_id, "saga_started", detail={"run_id": run_id, "dag_id": dag_id})
+                    self._event(
+                        cur,
+                        saga_id,
+                        "saga_started",
+                        detail={"run_id": run_id, "dag_id": dag_id, "requester": requester},
+                    )
                     return Begin("new", self._get(cur, saga_id))
             except psycopg2.errors.UniqueViolation:
                 continue  # lost a race on the idempotency key: the next round sees the winner
@@ -153,7 +160,7 @@ class Journal:
     def _get(cur, saga_id: str) -> SagaRecord | None:
         cur.execute(
             "select saga_id, saga_name, dag_id, run_id, idempotency_key, request, state, error, created_at, "
-            "deadline_at, first_cause from saga.sagas where saga_id = %s",
+            "deadline_at, first_cause, requester from saga.sagas where saga_id = %s",
             (saga_id,),
         )
         row = cur.fetchone()

@@ -75,6 +75,8 @@ create index if not exists events_saga on saga.events (saga_id, event_id);
 -- the idempotency key of a request rejected before it created anything, freed for a corrected one.
 alter table saga.sagas add column if not exists first_cause text;
 alter table saga.sagas add column if not exists released_idempotency_key text;
+-- Who asked: the Airflow user who triggered the run (the UI, or the REST API's token).
+alter table saga.sagas add column if not exists requester text;
 create table if not exists saga.duplicate_requests (
     dag_id text not null,
     run_id text not null,
@@ -117,6 +119,7 @@ class SagaRecord:
     created_at: datetime
     deadline_at: datetime | None
     first_cause: str | None = None
+    requester: str | None = None
 
 
 @dataclass(frozen=True)
