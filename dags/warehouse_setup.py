@@ -9,6 +9,10 @@ Trigger with the form (or the REST API) choosing a **project** and a **mode**:
 | `quick` | no dropping; load only seeds whose file changed (or whose table is missing); run, validate, report |
 | `status` | read-only: what is there, row counts, which seeds would load; changes nothing |
 
+Only admins may trigger it. Against a production target (`production: true` in the project's
+`platform.yml`, or a project whose connection is a prod environment's) `complete` and `quick` run
+only when the project's name is typed in **confirm_production**.
+
 Foundation models: tagged `foundation` (else everything under `models/staging/`). Configuration models:
 tagged `configuration` (else every other model). Validation runs `dbt test` plus the `checks` in the
 project's `platform.yml`: severity `error` fails the run, `warn` only reports.
@@ -53,6 +57,13 @@ with DAG(
             description="complete: rebuild from scratch; quick: no clearing, changed seeds only; "
             "status: read-only report.",
         ),
+        "confirm_production": Param(
+            "",
+            type=["string", "null"],
+            title="Confirm a production run",
+            description="For a project whose target is production, complete and quick modes run only "
+            "when its name is typed here.",
+        ),
     },
 ):
     steps = []
@@ -60,7 +71,9 @@ with DAG(
 
         @task(task_id=name, trigger_rule=TriggerRule.NONE_FAILED, doc_md=STEPS[name].__doc__)
         def run_step(step=name, params=None, ti=None) -> dict:
-            return run_named_step(step, params["project"], params["mode"], ti)
+            return run_named_step(
+                step, params["project"], params["mode"], ti, params.get("confirm_production")
+            )
 
         steps.append(run_step())
 

@@ -195,3 +195,25 @@ def test_locked_relation_names_the_blocking_session(project, warehouse):
     assert states["clear_relations"] == "failed"
     message = steps_of(report)["clear_relations"]["details"]
     assert f"locked by session pid {pid}" in message and "pg_terminate_backend" in message
+
+
+def test_a_destructive_run_against_production_needs_its_name_typed(project, warehouse):
+    assert run("complete")[0].state == "success"
+    platform = yaml.safe_load((project / "platform.yml").read_text())
+    (project / "platform.yml").write_text(yaml.safe_dump({**platform, "production": True}))
+    before = relations(warehouse)
+
+    dag = setup_dag()
+    dagrun = dag.test(run_conf={"project": PROJECT, "mode": "complete", "confirm_production": ""})
+    states = {ti.task_id: ti.state for ti in dagrun.get_task_instances()}
+    assert dagrun.state == "failed" and states["preflight"] == "failed"
+    report = next(t for t in dagrun.get_task_instances() if t.task_id == "report").xcom_pull(
+        task_ids="report", key="report"
+    )
+    assert "targets production" in steps_of(report)["preflight"]["details"]
+    assert relations(warehouse) == before, "nothing was changed"
+
+    dagrun = dag.test(run_conf={"project": PROJECT, "mode": "complete", "confirm_production": PROJECT})
+    assert dagrun.state == "success"
+    dagrun = dag.test(run_conf={"project": PROJECT, "mode": "status", "confirm_production": ""})
+    assert dagrun.state == "success", "a read-only report needs no confirmation"

@@ -90,7 +90,11 @@ def context(run_id: str, try_number: int = 1, **params) -> dict:
     ti = FakeTI(
         dag_id=DAG_ID, run_id=run_id, try_number=try_number, task=SimpleNamespace(retries=3), xcoms={}
     )
-    return {"ti": ti, "params": {"who": "ana", **params}, "dag_run": SimpleNamespace(triggering_user_name="ana")}
+    return {
+        "ti": ti,
+        "params": {"who": "ana", **params},
+        "dag_run": SimpleNamespace(triggering_user_name="ana"),
+    }
 
 
 def drive(saga, run_id: str, **params) -> str:

@@ -38,6 +38,8 @@ class DbtProject:
     description: str = ""
     execution_mode: str | None = None  # None: the platform default (DBT_PLATFORM_EXECUTION_MODE)
     test_behavior: str | None = None  # None: the platform default (DBT_PLATFORM_TEST_BEHAVIOR)
+    # Whether its target is production: destructive warehouse_setup runs then need a confirmation.
+    production: bool = False
 
     @property
     def manifest_path(self) -> Path:
@@ -85,6 +87,8 @@ def load_project(path: Path, settings: Settings | None = None) -> DbtProject:
         tags=tuple(platform.get("tags") or ()),
         description=str(platform.get("description") or ""),
         execution_mode=str(platform["execution_mode"]).lower() if platform.get("execution_mode") else None,
+        # platform.yml says so; else a project whose connection is a prod environment's (dbt_<name>_prod).
+        production=bool(platform.get("production", str(platform.get("conn_id") or "").endswith("_prod"))),
         test_behavior=str(platform["test_behavior"]).lower() if platform.get("test_behavior") else None,
     )
 

@@ -34,6 +34,19 @@ def project(name: str, settings: Settings | None = None) -> DbtProject:
     return found[name]
 
 
+DESTRUCTIVE_MODES = ("complete", "quick")  # they drop relations or replace seed tables
+
+
+def check_confirmation(proj: DbtProject, mode: str, confirmation: str | None) -> None:
+    """A destructive mode against a production target runs only when its name was typed to confirm."""
+    if proj.production and mode in DESTRUCTIVE_MODES and (confirmation or "").strip() != proj.name:
+        raise WarehouseSetupError(
+            f"project {proj.name!r} targets production (schema {proj.schema}, connection {proj.conn_id}); "
+            f"mode {mode!r} replaces what is there. Type the project's name in 'confirm_production' to "
+            "run it anyway, or use mode 'status'. Nothing was changed."
+        )
+
+
 def step_preflight(proj: DbtProject, mode: str) -> dict:
     missing = missing_seed_files(proj)
     if missing and mode != "status":

@@ -9,20 +9,26 @@ from include.dbt_platform.config import get_settings
 from include.dbt_platform.warehouse_setup import MODES, WarehouseSetupError
 from include.dbt_platform.warehouse_setup.report import render_report
 from include.dbt_platform.warehouse_setup.sql import row_counts, warehouse
-from include.dbt_platform.warehouse_setup.steps import STEPS, project
+from include.dbt_platform.warehouse_setup.steps import STEPS, check_confirmation, project
+
+FIRST_STEP = next(iter(STEPS))
 
 log = logging.getLogger(__name__)
 
 
-def run_named_step(step: str, name: str, mode: str, ti) -> dict:
-    """Run one step for a task: time it, and on failure push why before failing the task."""
+def run_named_step(step: str, name: str, mode: str, ti, confirmation: str | None = None) -> dict:
+    """Run one step for a task: time it, and on failure push why before failing the task. The first
+    step also checks that a destructive run against production was confirmed."""
     from airflow.sdk.exceptions import AirflowFailException
 
     if mode not in MODES:
         raise AirflowFailException(f"mode must be one of {MODES}, got {mode!r}")
     started = time.monotonic()
     try:
-        outcome = STEPS[step](project(name), mode)
+        proj = project(name)
+        if step == FIRST_STEP:
+            check_confirmation(proj, mode, confirmation)
+        outcome = STEPS[step](proj, mode)
     except WarehouseSetupError as exc:
         ti.xcom_push(key="outcome", value={"step": step, "status": "failed", "details": str(exc),
                                           "seconds": round(time.monotonic() - started, 2)})  # fmt: skip
