@@ -215,10 +215,19 @@ def airflow_bin() -> str:
 
 
 def migrate_metadata_db(stack: StackSettings, target: AirflowTarget) -> None:
+    """``airflow db migrate``, then the pool every saga task runs in (its slots: the settings')."""
     env = component_environment(stack, target)
     result = subprocess.run([airflow_bin(), "db", "migrate"], env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise StackError(f"airflow db migrate failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
+    settings = get_settings()
+    result = subprocess.run(
+        [airflow_bin(), "pools", "set", settings.saga_pool, str(settings.saga_pool_slots),
+         "Saga tasks (DBT_PLATFORM_SAGA_POOL_SLOTS): how much saga work runs at once"],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise StackError(f"creating the pool {settings.saga_pool} failed:\n{result.stderr[-2000:]}")
 
 
 def _pidfile(stack: StackSettings, target: AirflowTarget, component: str) -> Path:

@@ -27,6 +27,9 @@ TEST_ENV = {
     # dag.test() runs tasks one by one in this process: no triggerer, so the in-process tests use
     # Cosmos LOCAL; the triggerer mode is tested on the real scheduler (tests/scheduler).
     "DBT_PLATFORM_EXECUTION_MODE": "local",
+    # dag.test() runs one saga at a time; the per-requester gate is tested on its own (a run left
+    # holding a turn by an aborted session must not make the next session wait).
+    "DBT_PLATFORM_SAGAS_PER_REQUESTER": "0",
 }
 os.environ.update(TEST_ENV)
 # Airflow reads airflow.cfg (the metadata database's DSN) when it is first imported: write it now.

@@ -76,6 +76,13 @@ class Settings:
     saga_timeouts: dict[str, float]
     # Existing databases a project may be created in (database_mode "existing"); empty: none.
     adoptable_databases: frozenset[str]
+    # Back-pressure, in one place: runs of one saga DAG at once (more wait, queued), the pool every
+    # saga task runs in (its slots bound saga work overall; the stack creates it), and how many sagas
+    # one requester may have going at once (more wait at the saga's first task).
+    saga_max_active_runs: int
+    saga_pool: str
+    saga_pool_slots: int
+    sagas_per_requester: int
 
     @property
     def repositories_dir(self) -> Path:
@@ -121,6 +128,10 @@ def get_settings() -> Settings:
             else None
         ),
         saga_timeouts=_saga_timeouts(),
+        saga_max_active_runs=int(env("DBT_PLATFORM_SAGA_MAX_ACTIVE_RUNS", "16")),
+        saga_pool=env("DBT_PLATFORM_SAGA_POOL", "sagas"),
+        saga_pool_slots=int(env("DBT_PLATFORM_SAGA_POOL_SLOTS", "16")),
+        sagas_per_requester=int(env("DBT_PLATFORM_SAGAS_PER_REQUESTER", "4")),
         adoptable_databases=frozenset(
             name.strip() for name in env("DBT_PLATFORM_ADOPTABLE_DATABASES", "").split(",") if name.strip()
         ),

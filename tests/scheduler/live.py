@@ -29,6 +29,8 @@ LIVE_ENV = {
     "DBT_PLATFORM_EXECUTION_MODE": "triggerer",
     "DBT_PLATFORM_PROJECTS_DIR": str(LIVE_PROJECTS_DIR),
     "DBT_PLATFORM_SAGA_TIMEOUTS": json.dumps(LIVE_SAGA_TIMEOUTS),
+    # The fault matrices trigger up to 16 sagas at once, all as one user.
+    "DBT_PLATFORM_SAGAS_PER_REQUESTER": "32",
     "AIRFLOW__METRICS__STATSD_ON": "True",
     "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
     "AIRFLOW__METRICS__STATSD_PORT": str(LIVE_STATSD_PORT),

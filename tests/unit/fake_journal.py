@@ -113,6 +113,19 @@ class FakeJournal:
         self._update(saga_id, step, f"compensation_{state.lower()}", state=state, error=error or record.error)
         return True
 
+    def take_turn(self, dag_id, run_id, requester, limit):
+        taken = getattr(self, "held_turns", {})
+        self.held_turns = taken
+        if (dag_id, run_id) in taken:
+            return True
+        if sum(1 for who in taken.values() if who == requester) >= limit:
+            return False
+        taken[(dag_id, run_id)] = requester
+        return True
+
+    def give_back_turn(self, dag_id, run_id):
+        getattr(self, "held_turns", {}).pop((dag_id, run_id), None)
+
     @contextmanager
     def fence(self, saga_id, wait_seconds):
         if saga_id in self.locked:

@@ -353,3 +353,29 @@ def test_steps_after_a_mid_saga_pivot_go_forward_from_outside_the_run(saga, monk
     assert recover_sagas(definition, lambda d, r: "failed", saga_id=saga_id) == {saga_id: j.COMPLETED}
     assert saga.rec.calls[-1] == "do third", "the step after the pivot ran again, forward"
     assert {s.step_name: s.state for s in saga.journal.steps(saga_id)} == {n: j.SUCCEEDED for n in NAMES}
+
+
+def test_a_requester_beyond_their_sagas_waits_for_a_turn_instead_of_failing(saga):
+    from datetime import UTC, datetime
+
+    from airflow.sdk import DAG
+
+    from include.dbt_platform.saga.engine import wait_for_turn
+    from include.dbt_platform.saga.tasks import build_tasks
+
+    limited = replace(saga.definition, per_requester=2, pool="sagas")
+    assert wait_for_turn(limited, context("t1")) and wait_for_turn(limited, context("t2"))
+    assert not wait_for_turn(limited, context("t3")), "a third saga of ana's waits"
+    other = context("t4")
+    other["dag_run"] = SimpleNamespace(triggering_user_name="bob")
+    assert wait_for_turn(limited, other), "other requesters are not held up"
+    assert wait_for_turn(limited, context("t1")), "a turn taken is kept (a retried sensor)"
+    with pytest.raises(AirflowFailException):  # the verdict gives the turn back, whatever it is
+        report_outcome(limited, context("t1"))
+    assert wait_for_turn(limited, context("t3"))
+    with DAG("unit_gate", schedule=None, start_date=datetime(2024, 1, 1, tzinfo=UTC)) as dag:
+        build_tasks(limited)
+    gate = dag.get_task("wait_for_turn")
+    assert gate.mode == "reschedule" and gate.downstream_task_ids == {"check"}
+    # Saga work runs in the pool; waiting (for a turn, for a duplicate's original) holds no slot of it.
+    assert {t.task_id for t in dag.tasks if t.pool == "sagas"} == {*NAMES, "complete_saga", "compensate"}

@@ -21,6 +21,7 @@ pivot), the saga only goes forward: a later failure is retried until the saga co
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from functools import cache
 
@@ -123,13 +124,19 @@ def _declared() -> SagaDefinition:
 def configured(saga: SagaDefinition) -> SagaDefinition:
     """A saga with the operators' overrides from the settings applied (drills and tests shorten them):
     ``DBT_PLATFORM_SAGA_TIMEOUTS`` (the names of this saga's steps, and ``saga``) and
-    ``DBT_PLATFORM_SAGA_RETRY_DELAY_SECONDS``. Every saga of the platform reads the same settings."""
+    ``DBT_PLATFORM_SAGA_RETRY_DELAY_SECONDS``, and the back-pressure settings (runs at once, the
+    pool, sagas per requester). Every saga of the platform reads the same settings."""
     settings = get_settings()
     known = {"saga", *(s.name for s in saga.steps)}
     saga = saga.with_timeouts({k: v for k, v in settings.saga_timeouts.items() if k in known})
     if settings.saga_retry_delay_seconds is not None:
         saga = saga.with_retry_delay(timedelta(seconds=settings.saga_retry_delay_seconds))
-    return saga
+    return replace(
+        saga,
+        max_active_runs=settings.saga_max_active_runs,
+        pool=settings.saga_pool,
+        per_requester=settings.sagas_per_requester,
+    )
 
 
 @cache

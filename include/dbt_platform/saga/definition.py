@@ -68,6 +68,11 @@ class SagaDefinition:
     task_retry: RetryPolicy = field(default_factory=RetryPolicy)
     # The step after whose success the saga only goes forward (never compensated); None: no pivot.
     pivot: str | None = None
+    # Back-pressure: runs at once (more are queued by Airflow), the pool of its tasks, and how many
+    # sagas one requester may have going (more wait at the first task, ``wait_for_turn``; 0: no limit).
+    max_active_runs: int = 16
+    pool: str | None = None
+    per_requester: int = 0
 
     def step(self, name: str) -> Step:
         return next(s for s in self.steps if s.name == name)

@@ -63,6 +63,28 @@ def _injector(definition: SagaDefinition, params: dict) -> FaultInjector:
     return FaultInjector(params.get("fault_injection"), definition.fault_injection_enabled())
 
 
+def requester_of(context: dict) -> str | None:
+    """The Airflow user who triggered the run (None for a scheduled run)."""
+    return getattr(context.get("dag_run"), "triggering_user_name", None)
+
+
+def wait_for_turn(definition: SagaDefinition, context: dict) -> bool:
+    """The first task's check: whether this run's requester has a turn free (the sensor pokes again
+    later when not: the run waits, it does not fail). True at once when there is no limit."""
+    if not definition.per_requester:
+        return True
+    ti = context["ti"]
+    journal = definition.journal()
+    journal.ensure_schema()
+    requester = requester_of(context) or "(scheduled)"
+    if journal.take_turn(ti.dag_id, ti.run_id, requester, definition.per_requester):
+        return True
+    saga_logger(j.saga_id_for(ti.dag_id, ti.run_id)).info(
+        "requester %s has %s sagas going already: waiting for a turn", requester, definition.per_requester
+    )
+    return False
+
+
 def run_step(definition: SagaDefinition, step: Step, context: dict) -> None:
     """The body of a forward task. Idempotent: a cleared or retried task re-runs safely."""
     from airflow.sdk.exceptions import AirflowSkipException
@@ -82,7 +104,7 @@ def run_step(definition: SagaDefinition, step: Step, context: dict) -> None:
             idempotency_key=definition.idempotency_key(params),
             steps=[s.name for s in definition.steps],
             timeout=definition.timeout,
-            requester=getattr(context.get("dag_run"), "triggering_user_name", None),
+            requester=requester_of(context),
         )
         if begun.kind == "duplicate":
             slog.info("idempotency key already used by saga %s: creating nothing", begun.saga.saga_id)
@@ -327,6 +349,7 @@ def report_outcome(
     dag_id, run_id, saga_id = _ids(context)
     journal = definition.journal()
     journal.ensure_schema()
+    journal.give_back_turn(dag_id, run_id)  # the run's verdict: its requester's turn is free again
     original = journal.duplicate_of(dag_id, run_id)
     target = original or saga_id
     deadline = time.monotonic() + wait.total_seconds()

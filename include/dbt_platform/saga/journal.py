@@ -66,11 +66,8 @@ class Journal:
     def ensure_schema(self) -> None:
         with self._tx() as cur:
             # The newest column tells whether this version's tables are there (one cheap query).
-            cur.execute(
-                "select 1 from information_schema.columns where table_schema = 'saga' "
-                "and table_name = 'sagas' and column_name = 'requester'"
-            )
-            if cur.fetchone():
+            cur.execute("select to_regclass('saga.turns') is not null as ready")
+            if cur.fetchone()["ready"]:
                 return
             cur.execute("select pg_advisory_xact_lock(hashtext('saga-journal-schema'))")
             cur.execute(SCHEMA_SQL)
@@ -299,6 +296,34 @@ class Journal:
                 self._event(
                     cur, saga_id, "idempotency_key_released", detail={"key": row["released_idempotency_key"]}
                 )
+
+    # ------------------------------------------------------------------ back-pressure
+
+    def take_turn(self, dag_id: str, run_id: str, requester: str, limit: int) -> bool:
+        """A turn for this run if its requester has fewer than ``limit`` (idempotent per run)."""
+        with self._tx() as cur:
+            cur.execute("select pg_advisory_xact_lock(hashtext(%s))", (f"turns:{requester}",))
+            cur.execute("select 1 from saga.turns where dag_id = %s and run_id = %s", (dag_id, run_id))
+            if cur.fetchone():
+                return True
+            cur.execute("select count(*) as taken from saga.turns where requester = %s", (requester,))
+            if cur.fetchone()["taken"] >= limit:
+                return False
+            cur.execute(
+                "insert into saga.turns (dag_id, run_id, requester) values (%s, %s, %s)",
+                (dag_id, run_id, requester),
+            )
+            return True
+
+    def give_back_turn(self, dag_id: str, run_id: str) -> None:
+        with self._tx() as cur:
+            cur.execute("delete from saga.turns where dag_id = %s and run_id = %s", (dag_id, run_id))
+
+    def turns(self) -> list[tuple[str, str, str]]:
+        """(dag_id, run_id, requester) of every turn held."""
+        with self._tx() as cur:
+            cur.execute("select dag_id, run_id, requester from saga.turns order by taken_at")
+            return [(r["dag_id"], r["run_id"], r["requester"]) for r in cur.fetchall()]
 
     _COMPENSATION_FROM = {
         STEP_COMPENSATING: (EXECUTING, SUCCEEDED, STEP_FAILED, STEP_COMPENSATING, COMPENSATION_FAILED),

@@ -77,6 +77,14 @@ alter table saga.sagas add column if not exists first_cause text;
 alter table saga.sagas add column if not exists released_idempotency_key text;
 -- Who asked: the Airflow user who triggered the run (the UI, or the REST API's token).
 alter table saga.sagas add column if not exists requester text;
+-- Back-pressure: a run holds a turn of its requester's from its first task until its verdict.
+create table if not exists saga.turns (
+    dag_id text not null,
+    run_id text not null,
+    requester text not null,
+    taken_at timestamptz not null default clock_timestamp(),
+    primary key (dag_id, run_id)
+);
 create table if not exists saga.duplicate_requests (
     dag_id text not null,
     run_id text not null,

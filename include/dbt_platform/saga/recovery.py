@@ -129,4 +129,12 @@ def recover_all(
     done: dict[str, str] = {}
     for definition in definitions.values():
         done |= recover_sagas(definition, run_state)
+    journal = next(iter(definitions.values())).journal()
+    for dag_id, run_id, _ in journal.turns():  # a run that ended without its verdict held a turn
+        try:
+            state = run_state(dag_id, run_id)
+        except Exception:  # noqa: BLE001 - the run is gone
+            state = "failed"
+        if state in RUN_OVER:
+            journal.give_back_turn(dag_id, run_id)
     return done

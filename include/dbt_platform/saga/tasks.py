@@ -5,7 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from include.dbt_platform.saga.definition import SagaDefinition
-from include.dbt_platform.saga.engine import compensate_task, complete_saga, report_outcome, run_step
+from include.dbt_platform.saga.engine import (
+    compensate_task,
+    complete_saga,
+    report_outcome,
+    run_step,
+    wait_for_turn,
+)
 from include.dbt_platform.saga.recovery import recover_run
 
 
@@ -15,6 +21,7 @@ def build_tasks(definition: SagaDefinition) -> dict[str, Any]:
     from airflow.sdk import TriggerRule, chain
 
     bookkeeping = definition.task_retry
+    pool = {"pool": definition.pool} if definition.pool else {}
     forward = []
     for step in definition.steps:
         forward.append(
@@ -27,6 +34,7 @@ def build_tasks(definition: SagaDefinition) -> dict[str, Any]:
                 max_retry_delay=step.retry.max_delay,
                 execution_timeout=step.timeout,
                 doc_md=step.doc or None,
+                **pool,
             )
         )
     complete_task = PythonOperator(  # noqa: AIR001 - complete_saga is the function it runs
@@ -34,6 +42,7 @@ def build_tasks(definition: SagaDefinition) -> dict[str, Any]:
         python_callable=_bind(complete_saga, definition),
         retries=bookkeeping.retries,
         retry_delay=bookkeeping.delay,
+        **pool,
     )
     compensate = PythonOperator(  # noqa: AIR001 - name of the graph role
         task_id="compensate",
@@ -43,6 +52,7 @@ def build_tasks(definition: SagaDefinition) -> dict[str, Any]:
         retry_delay=bookkeeping.delay,
         retry_exponential_backoff=True,
         doc_md="Runs only when a forward step failed for good: undoes, newest first, what this saga did.",
+        **pool,
     )
     outcome = PythonOperator(  # noqa: AIR001 - name of the graph role
         task_id="report_outcome",
@@ -52,6 +62,19 @@ def build_tasks(definition: SagaDefinition) -> dict[str, Any]:
         retry_delay=bookkeeping.delay,
         doc_md="The run's verdict: succeeds only when the saga COMPLETED.",
     )
+    if definition.per_requester:
+        from airflow.providers.standard.sensors.python import PythonSensor
+
+        gate = PythonSensor(
+            task_id="wait_for_turn",
+            python_callable=_bind(wait_for_turn, definition),
+            mode="reschedule",  # no worker slot is held while waiting
+            poke_interval=5,
+            timeout=definition.timeout.total_seconds(),
+            retries=bookkeeping.retries,
+            doc_md=f"Waits until the requester has fewer than {definition.per_requester} sagas going.",
+        )
+        gate >> forward[0]
     chain(*forward, complete_task)
     # Only the steps up to the pivot: a failure after it (or of complete_task) is retried forward by the
     # failure callback and the recovery sweep, never compensated.
@@ -98,7 +121,7 @@ def saga_dag(
         schedule=None,
         start_date=datetime(2024, 1, 1, tzinfo=UTC),
         catchup=False,
-        max_active_runs=max_active_runs,
+        max_active_runs=definition.max_active_runs,
         dagrun_timeout=definition.timeout,
         params=params,
         doc_md=doc_md,
