@@ -79,6 +79,14 @@ class Settings:
     # Back-pressure, in one place: runs of one saga DAG at once (more wait, queued), the pool every
     # saga task runs in (its slots bound saga work overall; the stack creates it), and how many sagas
     # one requester may have going at once (more wait at the saga's first task).
+    # The PostgreSQL server where project databases are made (the platform's own by default), and
+    # the circuit breaker around it and the git server: after `breaker_failures` unavailable
+    # attempts within `breaker_window_seconds`, new sagas are refused at validation, letting one
+    # through as a probe every `breaker_probe_seconds`.
+    projects_conn_id: str
+    breaker_failures: int
+    breaker_window_seconds: float
+    breaker_probe_seconds: float
     saga_max_active_runs: int
     saga_pool: str
     saga_pool_slots: int
@@ -128,6 +136,12 @@ def get_settings() -> Settings:
             else None
         ),
         saga_timeouts=_saga_timeouts(),
+        projects_conn_id=env(
+            "DBT_PLATFORM_PROJECTS_CONN_ID", env("DBT_PLATFORM_PLATFORM_CONN_ID", "platform")
+        ),
+        breaker_failures=int(env("DBT_PLATFORM_BREAKER_FAILURES", "3")),
+        breaker_window_seconds=float(env("DBT_PLATFORM_BREAKER_WINDOW_SECONDS", "300")),
+        breaker_probe_seconds=float(env("DBT_PLATFORM_BREAKER_PROBE_SECONDS", "30")),
         saga_max_active_runs=int(env("DBT_PLATFORM_SAGA_MAX_ACTIVE_RUNS", "16")),
         saga_pool=env("DBT_PLATFORM_SAGA_POOL", "sagas"),
         saga_pool_slots=int(env("DBT_PLATFORM_SAGA_POOL_SLOTS", "16")),

@@ -1,7 +1,7 @@
 """The error taxonomy: each error says whether retrying can help.
 
     TransientError      retry with backoff (unreachable, timed out, lock or serialization conflict,
-                        a mail server's "try again later")
+                        a mail server's "try again later"); Unavailable names the service down
     PermanentError      compensate at once; its kinds: RequestInvalid (nothing was changed),
                         Conflict (someone else owns it), PermissionDenied
 :func:`classify` turns any exception (psycopg2, smtplib, OS errors) into one of them. It imports
@@ -24,6 +24,14 @@ class TransientError(SagaError):
     """Retrying may help: the service was unreachable, timed out, or a lock/serialization conflict."""
 
     retryable = True
+
+
+class Unavailable(TransientError):
+    """A service the platform depends on (the warehouse, the git server) cannot be reached."""
+
+    def __init__(self, service: str, message: str) -> None:
+        super().__init__(f"{service} unavailable: {message}")
+        self.service = service
 
 
 class PermanentError(SagaError):

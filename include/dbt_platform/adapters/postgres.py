@@ -27,7 +27,7 @@ from psycopg2.extensions import make_dsn
 
 from include.dbt_platform.boundaries import boundary
 from include.dbt_platform.config import get_settings
-from include.dbt_platform.errors import Conflict
+from include.dbt_platform.errors import Conflict, Unavailable
 
 MARKER = "dbt-platform saga "
 
@@ -49,6 +49,12 @@ def connection_params(conn_id: str) -> dict:
 def platform_dsn() -> str:
     """The platform database (registry and saga journal), from the Airflow connection in the settings."""
     params = connection_params(get_settings().platform_conn_id)
+    return make_dsn(**{**params, "dbname": params["dbname"] or "platform"})
+
+
+def projects_dsn() -> str:
+    """The server where project databases are made (the platform's own unless configured apart)."""
+    params = connection_params(get_settings().projects_conn_id)
     return make_dsn(**{**params, "dbname": params["dbname"] or "platform"})
 
 
@@ -77,6 +83,8 @@ class Postgres:
     """One adapter per step or compensation: it keeps one connection per database it talks to (a
     connection costs a SCRAM handshake, several milliseconds), closed by :meth:`close` (or with it)."""
 
+    service = "warehouse"  # what the circuit breaker calls it when it cannot be reached
+
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
         self._conns: dict[str | None, psycopg2.extensions.connection] = {}
@@ -98,7 +106,12 @@ class Postgres:
     def _connection(self, database: str | None) -> psycopg2.extensions.connection:
         conn = self._conns.get(database)
         if conn is None or conn.closed:
-            conn = psycopg2.connect(self.dsn_for(database) if database else self.dsn, connect_timeout=10)
+            try:
+                conn = psycopg2.connect(self.dsn_for(database) if database else self.dsn, connect_timeout=10)
+            except psycopg2.OperationalError as exc:
+                if "does not exist" in str(exc) or "authentication" in str(exc):
+                    raise  # the server answered: not a matter of reaching it
+                raise Unavailable(self.service, str(exc).strip().splitlines()[0]) from exc
             conn.autocommit = True
             with conn.cursor() as cur:
                 cur.execute("set lock_timeout = '10s'")

@@ -69,6 +69,8 @@ class ProjectRecord:
 class Registry(Postgres):
     """Registry rows, through the platform database's connection (reads and writes of ``platform.*``)."""
 
+    service = "platform database"
+
     def ensure_registry(self) -> None:
         with self.transaction() as cur:
             cur.execute("select to_regclass('platform.project_history') is not null")

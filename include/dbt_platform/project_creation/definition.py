@@ -25,6 +25,7 @@ from dataclasses import replace
 from datetime import timedelta
 from functools import cache
 
+from include.dbt_platform.adapters.breaker import record_unavailable
 from include.dbt_platform.config import get_settings
 from include.dbt_platform.project_creation import steps, validation
 from include.dbt_platform.project_creation.request import idempotency_key_of, parse_request
@@ -136,6 +137,7 @@ def configured(saga: SagaDefinition) -> SagaDefinition:
         max_active_runs=settings.saga_max_active_runs,
         pool=settings.saga_pool,
         per_requester=settings.sagas_per_requester,
+        on_unavailable=record_unavailable,
     )
 
 

@@ -13,7 +13,7 @@ import secrets
 from psycopg2.extensions import parse_dsn
 
 from include.dbt_platform.adapters import git
-from include.dbt_platform.adapters.postgres import Postgres, platform_dsn
+from include.dbt_platform.adapters.postgres import Postgres, platform_dsn, projects_dsn
 from include.dbt_platform.adapters.registry import Registry
 from include.dbt_platform.adapters.secrets import ConnectionStore
 from include.dbt_platform.boundaries import boundary
@@ -30,7 +30,8 @@ SAGA_NAME = "dbt_project_create"
 
 
 def postgres() -> Postgres:
-    return Postgres(platform_dsn())
+    """The server where project databases are made."""
+    return Postgres(projects_dsn())
 
 
 def registry_of() -> Registry:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from psycopg2.extensions import parse_dsn
 
 from include.dbt_platform.adapters import git
+from include.dbt_platform.adapters.breaker import guarded
 from include.dbt_platform.adapters.postgres import Postgres, connection_params, marker
 from include.dbt_platform.config import NEVER_ADOPTED_DATABASES, airflow_metadata_database, get_settings
 from include.dbt_platform.errors import Conflict, RequestInvalid
@@ -19,6 +20,11 @@ from include.dbt_platform.saga.definition import StepContext
 
 
 def validate_request(ctx: StepContext) -> dict:
+    with guarded():  # refused at once while the warehouse's or git's circuit breaker is open
+        return _validate(ctx)
+
+
+def _validate(ctx: StepContext) -> dict:
     req: ProjectRequest = ctx.request
     settings = get_settings()
     registry = registry_of()

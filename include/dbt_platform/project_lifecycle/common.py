@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from include.dbt_platform.adapters.postgres import Postgres, platform_dsn
+from include.dbt_platform.adapters.breaker import guarded
+from include.dbt_platform.adapters.postgres import Postgres, platform_dsn, projects_dsn
 from include.dbt_platform.adapters.registry import ProjectRecord, Registry
 from include.dbt_platform.adapters.secrets import ConnectionStore
 from include.dbt_platform.config import get_settings
@@ -18,7 +19,7 @@ CHECK = RetryPolicy(retries=2)
 
 
 def postgres() -> Postgres:
-    return Postgres(platform_dsn())
+    return Postgres(projects_dsn())
 
 
 def registry() -> Registry:
@@ -34,7 +35,17 @@ def connection_store() -> ConnectionStore:
 
 
 def project_of(ctx: StepContext, *, claimed: bool = False) -> ProjectRecord:
-    """The project the request names; ACTIVE and free (or, once claimed, held by this saga)."""
+    """The project the request names; ACTIVE and free (or, once claimed, held by this saga).
+    At validation (not yet claimed) the services' circuit breakers are consulted first."""
+    if not claimed:
+        with guarded():
+            project = _project_of(ctx, claimed=False)
+            postgres().database_marker(project.database)  # the warehouse is reached
+            return project
+    return _project_of(ctx, claimed=True)
+
+
+def _project_of(ctx: StepContext, *, claimed: bool) -> ProjectRecord:
     reg = registry()
     reg.ensure_registry()
     project = reg.project(ctx.request.project_name)

@@ -73,6 +73,8 @@ class SagaDefinition:
     max_active_runs: int = 16
     pool: str | None = None
     per_requester: int = 0
+    # Told when a step finds a service it depends on unreachable (errors.Unavailable): a breaker.
+    on_unavailable: Callable[[str, str], None] | None = None
 
     def step(self, name: str) -> Step:
         return next(s for s in self.steps if s.name == name)

@@ -22,7 +22,7 @@ import time
 from datetime import timedelta
 
 from include.dbt_platform import boundaries
-from include.dbt_platform.errors import TransientError, classify
+from include.dbt_platform.errors import TransientError, Unavailable, classify
 from include.dbt_platform.saga import journal as j
 from include.dbt_platform.saga import metrics
 from include.dbt_platform.saga.definition import SagaDefinition, Step, StepContext, saga_logger
@@ -148,6 +148,11 @@ def _run_fenced(definition, step, journal, saga_id, attempt, params, slog) -> No
         raise
     except Exception as exc:
         err = classify(exc)
+        if isinstance(err, Unavailable) and definition.on_unavailable:
+            try:
+                definition.on_unavailable(err.service, str(err))
+            except Exception:  # noqa: BLE001 - the breaker is best effort; the step's failure stands
+                slog.warning("could not record that %s was unavailable", err.service, exc_info=True)
         final = not err.retryable or attempt > step.retry.retries
         journal.step_failed(saga_id, step.name, f"{type(err).__name__}: {err}", final=final)
         if final and step is definition.steps[0]:
