@@ -8,7 +8,7 @@ import urllib.error
 import urllib.request
 
 from devstack.airflow import AirflowTarget
-from devstack.settings import StackError, StackSettings, airflow_password
+from devstack.settings import StackError, StackSettings, airflow_user_password
 
 
 class AirflowClient:
@@ -86,5 +86,6 @@ class AirflowClient:
         return {ti["task_id"]: ti["state"] for ti in self.task_instances(dag_id, run_id)}
 
 
-def client_for(stack: StackSettings, target: AirflowTarget) -> AirflowClient:
-    return AirflowClient(target.api_url, "admin", airflow_password(stack))
+def client_for(stack: StackSettings, target: AirflowTarget, user: str = "admin") -> AirflowClient:
+    """A client logged in as one of the stack's users (``devstack.settings.AIRFLOW_USERS``)."""
+    return AirflowClient(target.api_url, user, airflow_user_password(stack, user))
