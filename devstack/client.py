@@ -27,8 +27,13 @@ class AirflowClient:
             return json.loads(resp.read())["access_token"]
 
     def request(self, method: str, path: str, payload: dict | None = None) -> tuple[int, dict]:
+        """The public REST API: ``path`` under ``/api/v2``."""
+        return self.call(method, f"/api/v2{path}", payload)
+
+    def call(self, method: str, path: str, payload: dict | None = None) -> tuple[int, dict]:
+        """Any JSON endpoint of the api-server (a plugin's too), with this client's token."""
         req = urllib.request.Request(
-            f"{self.base_url}/api/v2{path}",
+            f"{self.base_url}{path}",
             method=method,
             data=None if payload is None else json.dumps(payload).encode(),
             headers={"Authorization": f"Bearer {self._token}", "Content-Type": "application/json"},
