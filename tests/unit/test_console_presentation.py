@@ -142,7 +142,7 @@ def test_the_timeline_shows_each_forward_step_then_the_compensations_in_the_orde
     assert repo_undo["duration_seconds"] == 1.5
     assert repo_undo["error"] == "PermanentError: disk", "the failed attempt's error stays visible"
     assert repo_undo["log"] == {
-        "label": "compensate log",
+        "label": "compensate",
         "href": "/dags/dbt_project_create/runs/manual__1/tasks/compensate",
     }
 
@@ -155,7 +155,7 @@ def test_a_compensation_run_by_a_redrive_links_to_the_recovery_runs_log():
     )
     undo = next(t for t in p.timeline(record, steps, events, LINKS) if t["kind"] == "compensation")
     assert undo["log"] == {
-        "label": "re-drive log",
+        "label": "re-drive",
         "href": "/dags/saga_recovery/runs/redrive__1/tasks/recover",
     }
 
@@ -177,6 +177,15 @@ def test_resources_say_what_was_made_and_whether_it_is_still_there():
         ("schema", "sales_prod", "still there: its removal failed"),
         ("role", "sales_dev_rw", "unknown: the step did not finish"),
     ], "facts (the owner notified) are not resources, and nothing secret is listed"
+
+
+def test_only_steps_with_a_compensation_name_resources():
+    steps = [
+        step("validate_request", 1, j.SUCCEEDED, {"project_name": "sales", "database": "dbt_sales"}),
+        step("create_project", 2, j.SUCCEEDED, {"project_name": "sales"}),
+    ]
+    found = p.resources(steps, compensable={"create_project"})
+    assert [(r["step"], r["name"]) for r in found] == [("create_project", "sales")]
 
 
 def test_an_adopted_database_is_never_said_to_be_made_or_removed():

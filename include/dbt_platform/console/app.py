@@ -20,6 +20,7 @@ may see and do is :mod:`.access`'s (Airflow's auth manager).
 from __future__ import annotations
 
 import hashlib
+import importlib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -37,6 +38,16 @@ from include.dbt_platform.saga.journal_views import JournalViews
 URL_PREFIX = "/sagas"
 HERE = Path(__file__).parent
 MAX_PAGE = 100
+# The saga definitions the console knows, by saga name (the module's ``definition()``): they tell
+# which steps make something a compensation undoes, i.e. whose results name resources.
+SAGA_DEFINITIONS = {"dbt_project_create": "include.dbt_platform.project_creation.definition"}
+
+
+def _compensable_steps(saga_name: str) -> set[str] | None:
+    module = SAGA_DEFINITIONS.get(saga_name)
+    if module is None:
+        return None
+    return {step.name for step in importlib.import_module(module).definition().steps if step.compensate}
 
 
 def _journal_dsn() -> str:
@@ -88,6 +99,7 @@ def create_app() -> FastAPI:
             ui_base=links.ui_base,
             user=access.user_name(user),
             version=version,
+            embedded=request.query_params.get("embedded") == "run",
             data=data,
         )
         return HTMLResponse(html, headers={"Cache-Control": "no-store"})
@@ -109,7 +121,8 @@ def create_app() -> FastAPI:
         if user is None:
             return RedirectResponse(access.login_url(request), status_code=303)
         if access.may_read(user, dag_id) and (saga_id := _views().saga_of_run(dag_id, run_id)):
-            return RedirectResponse(_links(request).saga(saga_id), status_code=303)
+            # Shown in the run's own page: no need for the console's header there.
+            return RedirectResponse(f"{_links(request).saga(saga_id)}?embedded=run", status_code=303)
         return page(request, user, "no-saga", dag_id=dag_id, run_id=run_id)
 
     @app.get("/api/sagas", summary="Sagas, newest first")
@@ -162,6 +175,7 @@ def create_app() -> FastAPI:
             now=datetime.now(UTC),
             run_states=run_states,
             may_redrive=access.may_redrive(user, saga["dag_id"]),
+            compensable=_compensable_steps(saga["saga_name"]),
         )
 
     @app.get("/api/runs/{dag_id}/{run_id}", summary="The saga a DAG run drove")

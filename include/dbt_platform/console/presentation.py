@@ -198,8 +198,8 @@ def _compensation_log(saga: dict, started: dict, redrives: list[dict], links: Li
     detail = (before[-1]["detail"] or {}) if before else {}
     if detail.get("recovery_run_id"):
         dag_id, run_id = detail["recovery_dag_id"], detail["recovery_run_id"]
-        return {"label": "re-drive log", "href": links.task(dag_id, run_id, "recover")}
-    return {"label": "compensate log", "href": links.task(saga["dag_id"], saga["run_id"], "compensate")}
+        return {"label": "re-drive", "href": links.task(dag_id, run_id, "recover")}
+    return {"label": "compensate", "href": links.task(saga["dag_id"], saga["run_id"], "compensate")}
 
 
 # The keys of step results that name something a step made, and what to call it. Other keys are
@@ -216,11 +216,14 @@ RESOURCE_KINDS = {
 }
 
 
-def resources(steps: list[dict]) -> list[dict]:
-    """What the saga made, and whether it is still there, from each step's recorded result. A
-    ``created: false`` result names what the saga only adopted (its compensation never removes it)."""
+def resources(steps: list[dict], compensable: set[str] | None = None) -> list[dict]:
+    """What the saga made, and whether it is still there, from each step's recorded result. Only
+    steps with a compensation make something (``compensable``, from the saga's definition; None: any
+    step); a ``created: false`` result names what the saga only adopted (never removed)."""
     found = []
     for step in steps:
+        if compensable is not None and step["step_name"] not in compensable:
+            continue  # a check (validate_request) or the pivot: its result names nothing it made
         result = redact(step["result"] or {})
         status = _RESOURCE_STATUS.get(step["state"])
         if not status:
@@ -286,6 +289,7 @@ def detail_view(
     now: datetime,
     run_states: dict[str, str | None],
     may_redrive: bool,
+    compensable: set[str] | None = None,
 ) -> dict:
     """Everything the detail page shows of one saga."""
     requests = redrive_requests(events, links, run_states)
@@ -300,7 +304,7 @@ def detail_view(
         "request": redact(saga["request"]),
         "timeline": timeline(saga, steps, events, links),
         "results": {s["step_name"]: redact(s["result"]) for s in steps if s["result"]},
-        "resources": resources(steps),
+        "resources": resources(steps, compensable),
         "events": event_rows(events),
         "duplicate_requests": [
             {"run_id": d["run_id"], "at": iso(d["recorded_at"]), "link": links.run(d["dag_id"], d["run_id"])}

@@ -43,6 +43,7 @@
   }
   function duration(seconds) {
     if (seconds === null || seconds === undefined) return dash;
+    if (seconds < 1) return `${Math.round(seconds * 1000)} ms`;
     if (seconds < 60) return `${seconds < 10 ? seconds.toFixed(1) : Math.round(seconds)} s`;
     const s = Math.round(seconds);
     if (s < 3600) return `${Math.floor(s / 60)} min ${String(s % 60).padStart(2, "0")} s`;
@@ -128,7 +129,9 @@
     let s;
     try { s = await call(`${api}/sagas/${encodeURIComponent(id)}`); } catch (e) { fail(e); return; }
     const parts = [
-      h("div", { class: "crumbs" }, h("a", { href: `${base}/` }, "← All sagas")),
+      h("div", { class: "crumbs" }, body.classList.contains("embedded")
+        ? top(`${body.dataset.uiBase}/plugin/sagas`, "All sagas ↗")  // in a DAG run's tab: open the Sagas view
+        : h("a", { href: `${base}/` }, "← All sagas")),
       h("div", { class: "title" }, h("h2", {}, s.project || s.saga_name), badge(s.state)),
       h("p", { class: "ids" }, "saga ", h("code", {}, s.saga_id), " · ", s.saga_name, " · run ",
         top(s.links.run, s.run_id), s.run_state ? ` (${s.run_state})` : ""),
