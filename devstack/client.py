@@ -18,6 +18,11 @@ class AirflowClient:
         self.base_url = base_url.rstrip("/")
         self._token = self._fetch_token(username, password)
 
+    @property
+    def token(self) -> str:
+        """The JWT this client sends (for a caller that builds its own requests)."""
+        return self._token
+
     def _fetch_token(self, username: str, password: str) -> str:
         body = json.dumps({"username": username, "password": password}).encode()
         req = urllib.request.Request(

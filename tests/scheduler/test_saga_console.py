@@ -185,6 +185,10 @@ def test_a_dag_run_leads_to_its_saga(client, sagas):
     status, body = client.call("GET", f"/sagas/api/runs/{DAG_ID}/{sagas[f'{j.COMPLETED}_run']}")
     assert status == 200, body
     assert body["saga_id"] == sagas[j.COMPLETED]
+    status, _, page = fetch("GET", f"/sagas/runs/{DAG_ID}/{sagas[f'{j.COMPLETED}_run']}", token=client.token)
+    assert status == 303, "the run's Saga tab opens its saga's page"
+    status, _, page = fetch("GET", "/sagas/runs/inventory_transforms/scheduled__x", token=client.token)
+    assert status == 200 and "drove no saga" in page, page
 
 
 SEED_PREFIX = "console_seed__"
