@@ -51,8 +51,10 @@ def _compensable_steps(saga_name: str) -> set[str] | None:
 
 
 def _journal_dsn() -> str:
-    # The api-server has no task context: airflow.sdk's connection lookup then reads the secrets
-    # backends a server process reads (the configured backend, environment, metadata database).
+    # The api-server has no task context, but it marks itself a server process
+    # (_AIRFLOW_PROCESS_CONTEXT=server, airflow/api_fastapi/main.py): airflow.sdk's connection lookup,
+    # the one the saga's tasks use, then reads the server's chain (the configured secrets backend,
+    # environment variables, the metadata database). The live tests read the journal through it.
     from include.dbt_platform.adapters.postgres import platform_dsn
 
     return platform_dsn()
