@@ -17,10 +17,11 @@ from pathlib import Path
 
 from devstack.postgres import pg_up
 from devstack.settings import (
+    AIRFLOW_USERS,
     TELEMETRY_OFF,
     StackError,
     StackSettings,
-    airflow_password,
+    airflow_user_password,
     get_stack_settings,
     pg_password,
     role_for,
@@ -110,7 +111,7 @@ def airflow_env(stack: StackSettings, target: AirflowTarget) -> dict[str, str]:
         "AIRFLOW__CORE__PARALLELISM": "16",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{target.api_url}/execution/",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{r}" for u, r in AIRFLOW_USERS.items()),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(target.home / "passwords.json"),
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": str(target.api_port),
@@ -207,7 +208,8 @@ def write_airflow_config(stack: StackSettings, target: AirflowTarget) -> None:
 def prepare_airflow_home(stack: StackSettings, target: AirflowTarget) -> None:
     target.home.mkdir(parents=True, exist_ok=True)
     write_airflow_config(stack, target)
-    _write_private(target.home / "passwords.json", json.dumps({"admin": airflow_password(stack)}))
+    passwords = {user: airflow_user_password(stack, user) for user in AIRFLOW_USERS}
+    _write_private(target.home / "passwords.json", json.dumps(passwords))
 
 
 def airflow_bin() -> str:

@@ -8,7 +8,7 @@ import urllib.error
 import urllib.request
 
 from devstack.airflow import AirflowTarget
-from devstack.settings import StackError, StackSettings, airflow_password
+from devstack.settings import StackError, StackSettings, airflow_user_password
 
 
 class AirflowClient:
@@ -17,6 +17,11 @@ class AirflowClient:
     def __init__(self, base_url: str, username: str, password: str) -> None:
         self.base_url = base_url.rstrip("/")
         self._token = self._fetch_token(username, password)
+
+    @property
+    def token(self) -> str:
+        """The JWT this client sends (for a caller that builds its own requests)."""
+        return self._token
 
     def _fetch_token(self, username: str, password: str) -> str:
         body = json.dumps({"username": username, "password": password}).encode()
@@ -27,8 +32,13 @@ class AirflowClient:
             return json.loads(resp.read())["access_token"]
 
     def request(self, method: str, path: str, payload: dict | None = None) -> tuple[int, dict]:
+        """The public REST API: ``path`` under ``/api/v2``."""
+        return self.call(method, f"/api/v2{path}", payload)
+
+    def call(self, method: str, path: str, payload: dict | None = None) -> tuple[int, dict]:
+        """Any JSON endpoint of the api-server (a plugin's too), with this client's token."""
         req = urllib.request.Request(
-            f"{self.base_url}/api/v2{path}",
+            f"{self.base_url}{path}",
             method=method,
             data=None if payload is None else json.dumps(payload).encode(),
             headers={"Authorization": f"Bearer {self._token}", "Content-Type": "application/json"},
@@ -86,5 +96,6 @@ class AirflowClient:
         return {ti["task_id"]: ti["state"] for ti in self.task_instances(dag_id, run_id)}
 
 
-def client_for(stack: StackSettings, target: AirflowTarget) -> AirflowClient:
-    return AirflowClient(target.api_url, "admin", airflow_password(stack))
+def client_for(stack: StackSettings, target: AirflowTarget, user: str = "admin") -> AirflowClient:
+    """A client logged in as one of the stack's users (``devstack.settings.AIRFLOW_USERS``)."""
+    return AirflowClient(target.api_url, user, airflow_user_password(stack, user))

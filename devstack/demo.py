@@ -6,14 +6,15 @@ import time
 
 from devstack.airflow import AirflowTarget
 from devstack.client import AirflowClient, client_for
-from devstack.settings import StackError, StackSettings
+from devstack.settings import StackError, StackSettings, airflow_user_password_file
 from include.dbt_platform.config import get_settings
 
 
 def describe(stack: StackSettings, target: AirflowTarget) -> str:
     return (
-        f"Airflow UI:   {target.api_url}  (user: admin, password: "
-        f"{stack.secrets_dir / 'airflow_admin_password'})\n"
+        f"Airflow UI:   {target.api_url}  (user: admin, password: {airflow_user_password_file(stack, 'admin')})\n"
+        f"              read-only user: viewer, password: {airflow_user_password_file(stack, 'viewer')}\n"
+        f"Sagas:        {target.api_url}/plugin/sagas\n"
         f"PostgreSQL:   postgresql://postgres:$(cat {stack.secrets_dir / 'pg_admin_password'})"
         f"@127.0.0.1:{stack.pg_port}/postgres\n"
         f"Databases:    {target.metadata_db} (Airflow metadata), {target.warehouse_db} (dbt), "

@@ -129,6 +129,23 @@ def airflow_password(stack: StackSettings) -> str:
     return stored_secret(stack, "airflow_admin_password", stack.airflow_admin_password)
 
 
+# The local stack's Airflow users (SimpleAuthManager), by name: their role. ``viewer`` may read
+# everything and change nothing (what the saga console's tests need of a read-only person).
+AIRFLOW_USERS = {"admin": "admin", "viewer": "viewer"}
+
+
+def airflow_user_password_file(stack: StackSettings, user: str) -> Path:
+    """Where the password of the stack's Airflow user ``user`` is kept (0600)."""
+    return stack.secrets_dir / f"airflow_{user}_password"
+
+
+def airflow_user_password(stack: StackSettings, user: str) -> str:
+    """The password of the stack's Airflow user ``user``, generated once like the admin's."""
+    if user == "admin":
+        return airflow_password(stack)
+    return stored_secret(stack, airflow_user_password_file(stack, user).name)
+
+
 # The stack's least-privilege roles, by the kind of database they own (a database's kind is the start
 # of its name: airflow, airflow_test... platform, platform_test... warehouse, warehouse_bench...).
 # The superuser (postgres) only sets the stack up.

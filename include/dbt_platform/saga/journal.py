@@ -30,6 +30,7 @@ from include.dbt_platform.saga.journal_schema import (  # noqa: F401 - the state
     FAILED,
     PENDING,
     SAGA_STATES,
+    SCHEMA_IS_CURRENT_SQL,
     SCHEMA_SQL,
     STEP_COMPENSATED,
     STEP_COMPENSATING,
@@ -65,9 +66,8 @@ class Journal:
 
     def ensure_schema(self) -> None:
         with self._tx() as cur:
-            # The newest column tells whether this version's tables are there (one cheap query).
-            cur.execute("select to_regclass('saga.turns') is not null as ready")
-            if cur.fetchone()["ready"]:
+            cur.execute(SCHEMA_IS_CURRENT_SQL)  # the newest object tells whether this version's are there
+            if cur.fetchone():
                 return
             cur.execute("select pg_advisory_xact_lock(hashtext('saga-journal-schema'))")
             cur.execute(SCHEMA_SQL)
@@ -80,6 +80,11 @@ class Journal:
             "insert into saga.events (saga_id, step_name, event, detail) values (%s, %s, %s, %s)",
             (saga_id, step, event, None if detail is None else json.dumps(detail)),
         )
+
+    def record_event(self, saga_id: str, event: str, detail: dict | None = None) -> None:
+        """An event from outside the state machine (an operator's request, say): no state moves."""
+        with self._tx() as cur:
+            self._event(cur, saga_id, event, detail=detail)
 
     def events(self, saga_id: str) -> list[dict]:
         with self._tx() as cur:
