@@ -210,6 +210,7 @@ def test_no_process_of_the_stack_holds_a_secret_in_its_environment(client):
     secrets = {
         "the PostgreSQL superuser's password": pg_password(STACK),
         "Airflow's admin password": airflow_password(STACK),
+        "Airflow's viewer password": stored_secret(STACK, "airflow_viewer_password"),
         "the API's JWT secret": stored_secret(STACK, "jwt_secret"),
         **{f"role {role}'s password": role_password(STACK, role) for role, _ in STACK_ROLES.values()},
     }

@@ -258,3 +258,18 @@ def test_a_redrive_is_offered_only_for_a_failed_saga_and_shows_one_in_progress()
         saga(j.COMPENSATED), steps, [], [], run=None, links=LINKS, now=at(71), run_states={}, may_redrive=True
     )
     assert not done["redrive"]["possible"]
+
+
+def test_the_journaled_requester_is_shown_even_once_the_run_is_gone():
+    journaled = {**saga(j.COMPLETED), "requester": "ana"}
+    run = p.RunFacts(state="success", run_type="manual", triggered_by="ui", triggering_user_name="ana")
+    assert p.summary(journaled, run, LINKS, now=at(99))["requester"] == {
+        "name": "ana",
+        "via": "ui",
+        "source": "journal",
+    }
+    assert p.summary(journaled, None, LINKS, now=at(99))["requester"] == {
+        "name": "ana",
+        "via": None,
+        "source": "journal",
+    }

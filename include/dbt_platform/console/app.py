@@ -20,7 +20,6 @@ may see and do is :mod:`.access`'s (Airflow's auth manager).
 from __future__ import annotations
 
 import hashlib
-import importlib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -38,16 +37,17 @@ from include.dbt_platform.saga.journal_views import JournalViews
 URL_PREFIX = "/sagas"
 HERE = Path(__file__).parent
 MAX_PAGE = 100
-# The saga definitions the console knows, by saga name (the module's ``definition()``): they tell
-# which steps make something a compensation undoes, i.e. whose results name resources.
-SAGA_DEFINITIONS = {"dbt_project_create": "include.dbt_platform.project_creation.definition"}
 
 
 def _compensable_steps(saga_name: str) -> set[str] | None:
-    module = SAGA_DEFINITIONS.get(saga_name)
-    if module is None:
+    """The steps whose results name resources (those a compensation undoes), from the saga's
+    definition (every saga the platform runs, ``include/dbt_platform/sagas.py``)."""
+    from include.dbt_platform.sagas import definitions
+
+    definition = definitions().get(saga_name)
+    if definition is None:
         return None
-    return {step.name for step in importlib.import_module(module).definition().steps if step.compensate}
+    return {step.name for step in definition.steps if step.compensate}
 
 
 def _journal_dsn() -> str:

@@ -86,17 +86,16 @@ class Links:
         return f"{self.console_base}/api/sagas/{quote(saga_id, safe='')}"
 
 
-def requester(run: RunFacts | None) -> dict | None:
-    """Who asked for the saga.
-
-    The journal does not record the requester yet (the spec says it must). Until it does, this is
-    the DAG run's triggering user (``triggering_user_name``, and ``triggered_by``: ui, rest_api...),
-    or None when the run is gone or nobody triggered it by hand. When the journal gains a requester,
-    pass it here and prefer it: the run can be deleted, the journal is kept.
-    """
+def requester(journaled: str | None, run: RunFacts | None) -> dict | None:
+    """Who asked for the saga: the journal's requester (the run's triggering user, recorded when the
+    saga began: it outlives the run), with how the run was triggered (ui, rest_api...) when the run is
+    still there; the run's own triggering user for sagas journaled before requesters were recorded."""
+    via = run.triggered_by if run is not None else None
+    if journaled:
+        return {"name": journaled, "via": via, "source": "journal"}
     if run is None or not (run.triggering_user_name or run.triggered_by):
         return None
-    return {"name": run.triggering_user_name, "via": run.triggered_by, "source": "dag_run"}
+    return {"name": run.triggering_user_name, "via": via, "source": "dag_run"}
 
 
 def project_of(request: dict | None) -> str | None:
@@ -110,7 +109,7 @@ def summary(saga: dict, run: RunFacts | None, links: Links, now: datetime) -> di
         "saga_id": saga["saga_id"],
         "saga_name": saga["saga_name"],
         "project": project_of(saga["request"]),
-        "requester": requester(run),
+        "requester": requester(saga.get("requester"), run),
         "state": saga["state"],
         "started_at": iso(saga["created_at"]),
         "finished_at": iso(saga["finished_at"]),

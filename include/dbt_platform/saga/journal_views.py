@@ -20,7 +20,7 @@ from include.dbt_platform.saga.journal_schema import SAGA_STATES, saga_id_for
 
 _SAGA_COLUMNS = (
     "saga_id, saga_name, dag_id, run_id, idempotency_key, request, state, error, first_cause, "
-    "created_at, updated_at, deadline_at, finished_at"
+    "created_at, updated_at, deadline_at, finished_at, requester"
 )
 
 
