@@ -10,10 +10,15 @@ what this saga made; the run ends success only when the saga COMPLETED.
 Declared in `include/dbt_platform/project_lifecycle/add_environment.py`.
 """
 
+from include.dbt_platform.config import REQUESTER_ROLE
 from include.dbt_platform.project_lifecycle.add_environment import definition
 from include.dbt_platform.project_lifecycle.requests import add_environment_params
 from include.dbt_platform.saga.tasks import saga_dag
 
 dag = saga_dag(
-    definition(), params=add_environment_params(), doc_md=__doc__, tags=["dbt", "self-service", "saga"]
+    definition(),
+    params=add_environment_params(),
+    doc_md=__doc__,
+    tags=["dbt", "self-service", "saga"],
+    triggered_by=REQUESTER_ROLE,
 )

@@ -11,8 +11,15 @@ or is marked failed is compensated by this Airflow DAG's failure callback or by 
 The saga is declared in `include/dbt_platform/project_creation/definition.py`.
 """
 
+from include.dbt_platform.config import REQUESTER_ROLE
 from include.dbt_platform.project_creation.definition import definition
 from include.dbt_platform.project_creation.request import dag_params
 from include.dbt_platform.saga.tasks import saga_dag
 
-dag = saga_dag(definition(), params=dag_params(), doc_md=__doc__, tags=["dbt", "self-service", "saga"])
+dag = saga_dag(
+    definition(),
+    params=dag_params(),
+    doc_md=__doc__,
+    tags=["dbt", "self-service", "saga"],
+    triggered_by=REQUESTER_ROLE,
+)

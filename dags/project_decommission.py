@@ -10,10 +10,15 @@ A failure before the pivot leaves the project as it was.
 Declared in `include/dbt_platform/project_lifecycle/decommission.py`.
 """
 
+from include.dbt_platform.config import REQUESTER_ROLE
 from include.dbt_platform.project_lifecycle.decommission import definition
 from include.dbt_platform.project_lifecycle.requests import decommission_params
 from include.dbt_platform.saga.tasks import saga_dag
 
 dag = saga_dag(
-    definition(), params=decommission_params(), doc_md=__doc__, tags=["dbt", "self-service", "saga"]
+    definition(),
+    params=decommission_params(),
+    doc_md=__doc__,
+    tags=["dbt", "self-service", "saga"],
+    triggered_by=REQUESTER_ROLE,
 )

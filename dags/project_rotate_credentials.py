@@ -9,10 +9,15 @@ between the two statements is refused once and retried. A failure puts the old p
 Declared in `include/dbt_platform/project_lifecycle/rotate_credentials.py`.
 """
 
+from include.dbt_platform.config import REQUESTER_ROLE
 from include.dbt_platform.project_lifecycle.requests import rotate_credentials_params
 from include.dbt_platform.project_lifecycle.rotate_credentials import definition
 from include.dbt_platform.saga.tasks import saga_dag
 
 dag = saga_dag(
-    definition(), params=rotate_credentials_params(), doc_md=__doc__, tags=["dbt", "self-service", "saga"]
+    definition(),
+    params=rotate_credentials_params(),
+    doc_md=__doc__,
+    tags=["dbt", "self-service", "saga"],
+    triggered_by=REQUESTER_ROLE,
 )

@@ -111,8 +111,8 @@ def airflow_env(stack: StackSettings, target: AirflowTarget) -> dict[str, str]:
         "AIRFLOW__CORE__PARALLELISM": "16",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{target.api_url}/execution/",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{r}" for u, r in AIRFLOW_USERS.items()),
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(target.home / "passwords.json"),
+        # Real roles (Admin, Requester, Viewer): Airflow's FAB auth manager, its users in the metadata DB.
+        "AIRFLOW__CORE__AUTH_MANAGER": "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager",
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": str(target.api_port),
         "AIRFLOW__API__BASE_URL": target.api_url,
@@ -179,6 +179,7 @@ def write_airflow_config(stack: StackSettings, target: AirflowTarget) -> None:
         f"@127.0.0.1:{stack.pg_port}/{target.metadata_db}"
     }
     config["api_auth"] = {"jwt_secret": stored_secret(stack, "jwt_secret")}
+    config["api"] = {"secret_key": stored_secret(stack, "api_secret_key")}  # signs the UI's sessions
     buffer = io.StringIO()
     config.write(buffer)
     _write_private(target.home / "airflow.cfg", buffer.getvalue())
@@ -208,8 +209,6 @@ def write_airflow_config(stack: StackSettings, target: AirflowTarget) -> None:
 def prepare_airflow_home(stack: StackSettings, target: AirflowTarget) -> None:
     target.home.mkdir(parents=True, exist_ok=True)
     write_airflow_config(stack, target)
-    passwords = {user: airflow_user_password(stack, user) for user in AIRFLOW_USERS}
-    _write_private(target.home / "passwords.json", json.dumps(passwords))
 
 
 def airflow_bin() -> str:
@@ -230,6 +229,19 @@ def migrate_metadata_db(stack: StackSettings, target: AirflowTarget) -> None:
     )  # fmt: skip
     if result.returncode != 0:
         raise StackError(f"creating the pool {settings.saga_pool} failed:\n{result.stderr[-2000:]}")
+    # The Requester role and the stack's users (passwords through stdin: never in argv or env).
+    users = [
+        {"username": user, "role": role, "password": airflow_user_password(stack, user)}
+        for user, role in AIRFLOW_USERS.items()
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "include.dbt_platform.runtime.roles"],
+        input=json.dumps(users), env=env, capture_output=True, text=True, cwd=REPO_ROOT,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise StackError(
+            f"creating Airflow's roles and users failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}"
+        )
 
 
 def _pidfile(stack: StackSettings, target: AirflowTarget, component: str) -> Path:

@@ -13,7 +13,9 @@ from include.dbt_platform.config import get_settings
 def describe(stack: StackSettings, target: AirflowTarget) -> str:
     return (
         f"Airflow UI:   {target.api_url}  (user: admin, password: {airflow_user_password_file(stack, 'admin')})\n"
-        f"              read-only user: viewer, password: {airflow_user_password_file(stack, 'viewer')}\n"
+        f"              requester (the lifecycle DAGs only): requester, password: "
+        f"{airflow_user_password_file(stack, 'requester')}\n"
+        f"              read-only: viewer, password: {airflow_user_password_file(stack, 'viewer')}\n"
         f"Sagas:        {target.api_url}/plugin/sagas\n"
         f"PostgreSQL:   postgresql://postgres:$(cat {stack.secrets_dir / 'pg_admin_password'})"
         f"@127.0.0.1:{stack.pg_port}/postgres\n"

@@ -129,9 +129,10 @@ def airflow_password(stack: StackSettings) -> str:
     return stored_secret(stack, "airflow_admin_password", stack.airflow_admin_password)
 
 
-# The local stack's Airflow users (SimpleAuthManager), by name: their role. ``viewer`` may read
-# everything and change nothing (what the saga console's tests need of a read-only person).
-AIRFLOW_USERS = {"admin": "admin", "viewer": "viewer"}
+# The local stack's Airflow users (FAB auth manager), by name: their role. ``requester`` may trigger
+# the project-lifecycle DAGs and nothing else (include/dbt_platform/runtime/roles.py); ``viewer`` may
+# read everything and change nothing.
+AIRFLOW_USERS = {"admin": "Admin", "requester": "Requester", "viewer": "Viewer"}
 
 
 def airflow_user_password_file(stack: StackSettings, user: str) -> Path:

@@ -29,6 +29,9 @@ PLATFORM_DAG_IDS = frozenset(
         "inventory_marts_report",
     }
 )
+# The Airflow role (FAB auth manager) that may trigger the project-lifecycle DAGs and nothing else;
+# those DAGs grant it through their access_control (include/dbt_platform/runtime/roles.py makes it).
+REQUESTER_ROLE = "Requester"
 # Databases no project may ever be given, whatever the allow-list says.
 NEVER_ADOPTED_DATABASES = frozenset(
     {"postgres", "template0", "template1", "airflow", "platform", "warehouse"}

@@ -344,3 +344,33 @@ def test_a_registry_entry_named_like_the_saga_dag_never_takes_its_id(client):
         assert journal().get(saga_id).state == j.COMPLETED
     finally:
         shutil.rmtree(intruder, ignore_errors=True)
+
+
+def test_who_may_do_what_viewer_reads_requester_runs_the_lifecycle_admin_sets_up(client):
+    """The FAB auth manager's roles: a viewer may not trigger a saga; a requester may trigger the
+    project-lifecycle DAGs (and is journaled as the saga's requester) but not warehouse_setup, and
+    sees no DAG but those."""
+    from devstack.client import client_for
+    from tests.harness import STACK
+    from tests.scheduler.live import LIVE_TARGET
+
+    viewer, requester = client_for(STACK, LIVE_TARGET, "viewer"), client_for(STACK, LIVE_TARGET, "requester")
+    status, body = viewer.trigger(DAG_ID, f"viewer__{uuid.uuid4().hex[:8]}", request(uniq("live_viewer")))
+    assert status == 403, body
+    status, _ = viewer.request("GET", f"/dags/{DAG_ID}")
+    assert status == 200, "a viewer reads"
+
+    run_id, saga_id = trigger(requester, request(uniq("live_req"), environments=["dev"]))
+    assert requester.wait_for_run(DAG_ID, run_id, timeout=300)["state"] == "success"
+    assert journal().get(saga_id).requester == "requester", "the journal names who asked"
+
+    status, body = requester.trigger(
+        "warehouse_setup",
+        f"req__{uuid.uuid4().hex[:8]}",
+        {"project": "inventory_transforms", "mode": "status"},
+    )
+    assert status == 403, body
+    _, dags = requester.request("GET", "/dags?limit=100")
+    visible = {d["dag_id"] for d in dags["dags"]}
+    assert visible == {"dbt_project_create", "dbt_project_add_environment", "dbt_project_rotate_credentials",
+                       "dbt_project_decommission"}, visible  # fmt: skip

@@ -106,14 +106,16 @@ def test_referenced_files_exist(compose):
 
 
 SECRETS = ("POSTGRES_PASSWORD", "AIRFLOW_DB_PASSWORD", "PLATFORM_DB_PASSWORD", "WAREHOUSE_DB_PASSWORD",
-           "REDIS_PASSWORD", "AIRFLOW_JWT_SECRET", "AIRFLOW_FERNET_KEY")  # fmt: skip
+           "REDIS_PASSWORD", "AIRFLOW_JWT_SECRET", "AIRFLOW_FERNET_KEY", "AIRFLOW_API_SECRET_KEY",
+           "AIRFLOW_ADMIN_PASSWORD")  # fmt: skip
 
 
 def test_no_secret_has_a_default_and_redis_requires_a_password(compose):
     import re
 
     text = COMPOSE.read_text()
-    uses = re.findall(r"\$\{([A-Z_]+)(:?[-?][^}]*)?\}", text)
+    # Compose's own interpolation (not `$${...}`, which the container's shell expands).
+    uses = re.findall(r"(?<!\$)\$\{([A-Z_]+)(:?[-?][^}]*)?\}", text)
     for name in SECRETS:
         forms = {form for used, form in uses if used == name}
         assert forms, f"{name} is not used"
@@ -125,6 +127,7 @@ def test_no_secret_has_a_default_and_redis_requires_a_password(compose):
     assert broker.startswith("redis://:${REDIS_PASSWORD:?"), broker
     for name, svc in airflow_services(compose).items():
         env = svc["environment"]
+        assert env["AIRFLOW__CORE__AUTH_MANAGER"].endswith("FabAuthManager"), "real roles"
         assert env["AIRFLOW_CONN_PLATFORM"].startswith("postgres://dbt_platform:"), name
         assert env["AIRFLOW_CONN_WAREHOUSE"].startswith("postgres://warehouse:"), name
 

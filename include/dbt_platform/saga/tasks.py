@@ -108,10 +108,11 @@ def failure_callback(definition: SagaDefinition):
 
 
 def saga_dag(
-    definition: SagaDefinition, *, params: dict, doc_md: str, tags: list[str], max_active_runs: int = 16
+    definition: SagaDefinition, *, params: dict, doc_md: str, tags: list[str], triggered_by: str | None = None
 ):
     """The saga's DAG (id: the saga's name): its params as the trigger form, manual and REST triggers
-    only, ``dagrun_timeout`` the saga's timeout, the failure callback that finishes what the run left."""
+    only, ``dagrun_timeout`` the saga's timeout, the failure callback that finishes what the run left.
+    ``triggered_by``: a role (of the FAB auth manager) granted to read and trigger this DAG."""
     from datetime import UTC, datetime
 
     from airflow.sdk import DAG
@@ -129,6 +130,11 @@ def saga_dag(
         default_args={"owner": "data-platform"},
         on_failure_callback=failure_callback(definition),
         render_template_as_native_obj=True,
+        access_control=(
+            {triggered_by: {"DAGs": {"can_read", "can_edit"}, "DAG Runs": {"can_read", "can_create"}}}
+            if triggered_by
+            else None
+        ),
     ) as dag:
         build_tasks(definition)
     return dag
