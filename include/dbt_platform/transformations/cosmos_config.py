@@ -40,8 +40,12 @@ def project_config(project: DbtProject) -> ProjectConfig:
         dbt_project_path=project.path,
         manifest_path=project.manifest_path,
         project_name=project.name,
-        # No packages to install at run time: projects vendor what they need.
+        # dbt packages are installed once, into the project's dbt_packages/, when its manifest is
+        # built (manifests.py). A task never runs `dbt deps` (no network, no per-task cost): Cosmos
+        # links dbt_packages/ into the task's temporary copy of the project (a symlink, not a copy:
+        # dbt only reads it).
         install_dbt_deps=False,
+        copy_dbt_packages=False,
     )
 
 

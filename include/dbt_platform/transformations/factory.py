@@ -55,7 +55,6 @@ def build_transformation_dag(project: DbtProject, settings: Settings | None = No
         execution_config=cosmos_config.execution_config(project, settings),
         render_config=cosmos_config.render_config(mode, behavior),
         operator_args={
-            "install_deps": False,
             # dbt's debug log file would go to the task's temporary copy of the project, deleted when
             # the task ends: nobody reads it, and writing it costs the build about a tenth of its CPU.
             # What dbt prints still goes to the task log.
