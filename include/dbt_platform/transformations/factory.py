@@ -17,12 +17,15 @@ from include.dbt_platform.config import Settings, get_settings
 from include.dbt_platform.transformations import cosmos_config
 from include.dbt_platform.transformations.assets import model_asset
 from include.dbt_platform.transformations.dbt import guard_cosmos_runs
+from include.dbt_platform.transformations.failures import classify_cosmos_failures
 from include.dbt_platform.transformations.projects import DbtProject, DbtProjectError, discover
 from include.dbt_platform.transformations.watcher import run_consumers_in_triggerer
 
 log = logging.getLogger(__name__)
 # Every task of a transformation DAG runs dbt without the platform's secrets in its environment.
 guard_cosmos_runs()
+# ... and fails without retry when retrying cannot help (a failed test, an error in the SQL).
+classify_cosmos_failures()
 
 START_DATE = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -69,7 +72,7 @@ def build_transformation_dag(project: DbtProject, settings: Settings | None = No
         default_args={
             "owner": project.owner,
             "retries": 2,
-            "retry_delay": timedelta(seconds=30),
+            "retry_delay": timedelta(seconds=settings.transformation_retry_delay_seconds),
             "retry_exponential_backoff": True,
         },
     )
