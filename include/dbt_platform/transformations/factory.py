@@ -30,7 +30,14 @@ classify_cosmos_failures()
 START_DATE = datetime(2024, 1, 1, tzinfo=UTC)
 
 
-def dag_doc(project: DbtProject, test_behavior: str) -> str:
+def dag_doc(project: DbtProject, test_behavior: str, source_freshness: bool = False) -> str:
+    freshness = (
+        "A source that declares a freshness is checked first, by its own task "
+        "(`<source>_<table>_source`): past `error_after` it fails and the models reading it do not run; "
+        "past `warn_after` it logs a warning. "
+        if source_freshness
+        else ""
+    )
     tasks = (
         "Each dbt model (seed, snapshot) and its tests are one task; "
         if test_behavior == "build"
@@ -39,7 +46,7 @@ def dag_doc(project: DbtProject, test_behavior: str) -> str:
     return (
         f"# dbt project `{project.name}`\n\n"
         f"{project.description or 'Transformations of the dbt project at'} `{project.path}`.\n\n"
-        f"{tasks}seeds load first. "
+        f"{tasks}seeds load first. {freshness}"
         f"dbt runs against Airflow connection `{project.conn_id}`, schema `{project.schema}`. "
         "Models emit Airflow assets, so downstream DAGs can be scheduled on them.\n\n"
         "Rendered by astronomer-cosmos from the project's manifest "
@@ -51,12 +58,13 @@ def build_transformation_dag(project: DbtProject, settings: Settings | None = No
     settings = settings or get_settings()
     mode = cosmos_config.mode_of(project, settings)
     behavior = cosmos_config.test_behavior_of(project, settings)
+    source_freshness = cosmos_config.has_source_freshness(project)
     dag = DbtDag(
         dag_id=project.name,
         project_config=cosmos_config.project_config(project),
         profile_config=cosmos_config.profile_config(project, settings),
         execution_config=cosmos_config.execution_config(project, settings),
-        render_config=cosmos_config.render_config(mode, behavior),
+        render_config=cosmos_config.render_config(mode, behavior, source_freshness),
         operator_args={
             # dbt's debug log file would go to the task's temporary copy of the project, deleted when
             # the task ends: nobody reads it, and writing it costs the build about a tenth of its CPU.
@@ -67,7 +75,7 @@ def build_transformation_dag(project: DbtProject, settings: Settings | None = No
         start_date=START_DATE,
         catchup=False,
         max_active_runs=1,
-        doc_md=dag_doc(project, behavior),
+        doc_md=dag_doc(project, behavior, source_freshness),
         tags=["dbt", "transformations", *project.tags],
         default_args={
             "owner": project.owner,
