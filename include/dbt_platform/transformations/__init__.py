@@ -12,5 +12,6 @@
     watcher/          the ``triggerer`` execution mode (the default): one dbt build, node tasks in
                       the triggerer
 
-It imports :mod:`include.dbt_platform.config`, :mod:`include.dbt_platform.errors`, the Postgres adapter, Cosmos, dbt and Airflow.
+It imports :mod:`include.dbt_platform.config`, :mod:`include.dbt_platform.errors`, the Postgres
+adapter, Cosmos, dbt and Airflow.
 """

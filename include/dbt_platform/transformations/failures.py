@@ -156,7 +156,8 @@ def _node_name(node: Any) -> str:
 
 
 def freshness_summary(result: Any) -> str:
-    """'last loaded 3.0 hours ago (...), over error_after 2 hours' from a source freshness result."""
+    """'last loaded 1.3 days ago (<when>), error_after 1 day(s), warn_after 1 hour(s)': from a
+    source freshness result and the source's criteria."""
     age = getattr(result, "age", None)
     loaded = getattr(result, "max_loaded_at", None)
     criteria = getattr(getattr(result, "node", None), "freshness", None)

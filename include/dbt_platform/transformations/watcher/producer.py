@@ -90,7 +90,7 @@ class AggregatingProducerOperator(DbtProducerWatcherOperator):
     """Cosmos' watcher producer, also publishing every node's result in one aggregated XCom.
 
     One recorder (:class:`_RecordingTaskInstance`) per try carries every node result the triggers
-    read: the source freshness pre-check's (each source's status, the nodes skipped because of a
+    read: the source freshness pre-check's (each source's status, the nodes left out because of a
     stale source), then the build's.
     """
 

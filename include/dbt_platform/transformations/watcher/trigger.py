@@ -244,7 +244,7 @@ class TaskEndingWatcherTrigger(WatcherTrigger):
             if self.with_tests and status == DbtTestStatus.FAIL:
                 what = f"{self.model_unique_id} succeeded, but one or more of its tests"
             elif source:
-                what = f"freshness of {what} (past error_after, or not checkable; its models are skipped)"
+                what = f"freshness of {what} (past error_after or not checkable: its readers are not built)"
             await self._say(
                 "error",
                 "dbt %s: %s. The task '%s' has dbt's full output.",
