@@ -75,6 +75,8 @@ class Settings:
     fault_injection_enabled: bool
     smtp_conn_id: str
     saga_retry_delay_seconds: float | None
+    # First retry delay of transformation tasks (exponential backoff doubles it).
+    transformation_retry_delay_seconds: float
     # Seconds, by step name, plus "saga" for the whole run (drills and tests shorten them).
     saga_timeouts: dict[str, float]
     # Existing databases a project may be created in (database_mode "existing"); empty: none.
@@ -137,6 +139,9 @@ def get_settings() -> Settings:
             float(os.environ["DBT_PLATFORM_SAGA_RETRY_DELAY_SECONDS"])
             if os.environ.get("DBT_PLATFORM_SAGA_RETRY_DELAY_SECONDS")
             else None
+        ),
+        transformation_retry_delay_seconds=float(
+            env("DBT_PLATFORM_TRANSFORMATION_RETRY_DELAY_SECONDS", "30")
         ),
         saga_timeouts=_saga_timeouts(),
         projects_conn_id=env(

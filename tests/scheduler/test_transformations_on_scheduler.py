@@ -165,6 +165,81 @@ def test_a_failed_model_fails_downstream_then_retries_on_a_worker_once_fixed(
     assert query(warehouse, f"select id from {flaky_project}.after_input") == [(2,)]
 
 
+STALE = "stale_sources"
+
+
+@pytest.fixture(scope="module")
+def stale_project(live_airflow, warehouse_module) -> str:
+    """Two loaded sources with a freshness: ``events`` 30 hours old (past error_after, one day),
+    ``users`` 3 hours old (past warn_after only, one hour); a model reading each, one reading none."""
+    from tests.harness import build_manifest
+
+    root = LIVE_PROJECTS_DIR / STALE
+    (root / "models").mkdir(parents=True, exist_ok=True)
+    (root / "dbt_project.yml").write_text(
+        f"name: {STALE}\nversion: '1.0.0'\nconfig-version: 2\nprofile: {STALE}\n"
+        "models:\n  +materialized: table\n"
+    )
+    (root / "models" / "_loads__sources.yml").write_text(
+        'version: 2\nsources:\n  - name: loads\n    schema: "{{ target.schema }}_raw"\n'
+        "    loaded_at_field: loaded_at\n"
+        "    freshness: {warn_after: {count: 1, period: hour}, error_after: {count: 1, period: day}}\n"
+        "    tables: [{name: events}, {name: users}]\n"
+    )
+    for table in ("events", "users"):
+        (root / "models" / f"stg_{table}.sql").write_text(
+            f"select id from {{{{ source('loads', '{table}') }}}}\n"
+        )
+    (root / "models" / "calendar.sql").write_text("select 1 as day\n")
+    (root / "platform.yml").write_text(f"schema: {STALE}\nschedule: none\n")
+    build_manifest(root)
+    with warehouse_module.cursor() as cur:
+        cur.execute(f"drop schema if exists {STALE} cascade")
+        cur.execute(f"drop schema if exists {STALE}_raw cascade")
+        cur.execute(f"create schema {STALE}_raw")
+        for table, hours in (("events", 30), ("users", 3)):
+            cur.execute(
+                f"create table {STALE}_raw.{table} as select 1 as id, now() - interval '{hours} hours' as loaded_at"
+            )
+    live_airflow.wait_for_dag(STALE, timeout=240)
+    return STALE
+
+
+def task_log(client, dag_id: str, run: str, task_id: str, try_number: int) -> str:
+    """A try's log through the REST API: its lines, each with its fields (an exception's too)."""
+    _, body = client.request("GET", f"/dags/{dag_id}/dagRuns/{run}/taskInstances/{task_id}/logs/{try_number}")
+    return "\n".join(str(line) for line in body.get("content") or [])
+
+
+def test_the_build_checks_source_freshness_first_and_leaves_out_what_reads_a_stale_source(
+    client, stale_project, warehouse
+):
+    run = run_id()
+    status, body = client.trigger(stale_project, run)
+    assert status == 200, body
+
+    final = client.wait_for_run(stale_project, run, timeout=300)
+    tis = task_instances(client, stale_project, run)
+    states = {t: (ti["state"], ti["try_number"]) for t, ti in tis.items()}
+    assert final["state"] == "failed", states
+    # Past error_after: the source's task fails in the triggerer, its retry on a worker checks again
+    # and fails without a third try (stale data stays stale); the model reading it was not built.
+    assert states["loads_events_source"] == ("failed", 2), states
+    assert "retrying cannot help" in task_log(client, stale_project, run, "loads_events_source", 2)
+    # The model reading it is left out of the build; its task fails (so does the run), and its
+    # retries wait for the source's task and say why they do not run it.
+    assert states["stg_events_model_build"][0] == "failed", states
+    retried = task_log(
+        client, stale_project, run, "stg_events_model_build", states["stg_events_model_build"][1]
+    )
+    assert "upstream task(s) ['loads_events_source'] failed" in retried
+    assert query(warehouse, f"select to_regclass('{stale_project}.stg_events')") == [(None,)]
+    # Past warn_after only: a warning, and its model is built; models reading no source are built.
+    assert states["loads_users_source"] == ("success", 1), states
+    assert "older than its warn_after" in task_log(client, stale_project, run, "loads_users_source", 1)
+    assert states["stg_users_model_build"] == states["calendar_model_build"] == ("success", 1), states
+
+
 def test_components_off_the_critical_path_yield_the_cpu_to_the_tasks(live_airflow):
     """The build runs in the scheduler's process tree (LocalExecutor); the dag-processor and the
     triggerer run at a lower priority, also between sessions (Linux autogroups), where a plain

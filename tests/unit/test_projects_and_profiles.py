@@ -67,6 +67,31 @@ def test_a_missing_or_foreign_manifest_says_how_to_build_it(tmp_path: Path):
         check_manifest(project)
 
 
+@pytest.mark.parametrize("package_file", ["packages.yml", "dependencies.yml"])
+def test_a_hub_package_is_refused_naming_it_before_dbt_runs(tmp_path: Path, package_file: str):
+    from include.dbt_platform.transformations.manifests import build_manifest
+
+    (tmp_path / "dbt_project.yml").write_text(
+        "name: sales\nprofile: sales\nversion: '1'\nconfig-version: 2\n"
+    )
+    (tmp_path / "vendor" / "macros").mkdir(parents=True)
+    (tmp_path / package_file).write_text(
+        "packages:\n  - local: vendor\n  - package: dbt-labs/dbt_utils\n    version: 1.3.0\n"
+        '  - package: calogica/dbt_expectations\n    version: [">=0.10.0", "<0.11.0"]\n'
+    )
+    with pytest.raises(DbtProjectError) as refused:
+        build_manifest(tmp_path)
+    message = str(refused.value)
+    assert (
+        "package dbt-labs/dbt_utils comes from the dbt package hub, which this platform cannot reach"
+        in message
+    )
+    assert "package calogica/dbt_expectations comes from the dbt package hub" in message
+    assert "vendor it as a local package" in message and "git URL" in message
+    assert "'sales'" in message and "local: vendor" not in message
+    assert not (tmp_path / "dbt_packages").exists() and not (tmp_path / "target").exists(), "dbt never ran"
+
+
 def test_the_parse_profile_has_no_real_credentials(tmp_path: Path):
     (tmp_path / "dbt_project.yml").write_text("name: sales\nprofile: sales_profile\n")
     project = load_project(tmp_path)

@@ -56,15 +56,15 @@ class SocketLikeLog:
         self._write("error", msg, *args, **kwargs)
 
 
-def run_trigger(node_status: str) -> tuple[list, SocketLikeLog]:
+def run_trigger(node_status: str, node: str = NODE) -> tuple[list, SocketLikeLog]:
     trigger = TaskEndingWatcherTrigger(
-        model_unique_id=NODE, producer_task_id="dbt_producer_watcher", dag_id="shop", run_id="r1"
+        model_unique_id=node, producer_task_id="dbt_producer_watcher", dag_id="shop", run_id="r1"
     )
     trigger.task_instance = None
     log = trigger._log = SocketLikeLog()  # what LoggingMixin.log returns
     results = {
-        get_status_xcom_key(NODE): {"status": node_status},
-        get_dbt_event_xcom_key(NODE): {
+        get_status_xcom_key(node): {"status": node_status},
+        get_dbt_event_xcom_key(node): {
             "msg": f"1 of 1 OK created sql view model shop.orders ({node_status})"
         },
     }
@@ -110,6 +110,93 @@ def test_consumer_logs_its_result_without_blocking_the_event_loop(status, event_
     level, text = log.lines[1]
     assert NODE in text and status in text
     assert level == ("info" if status == "success" else "error")
+
+
+@pytest.mark.parametrize(
+    ("status", "event_type", "level", "says"),
+    [
+        ("pass", TaskSuccessEvent, "info", "source.shop.loads.events: pass"),
+        ("warn", TaskSuccessEvent, "warning", "older than its warn_after; its models run"),
+        (
+            "error",
+            TaskFailedEvent,
+            "error",
+            "freshness of source.shop.loads.events (past error_after or not checkable",
+        ),
+    ],
+)
+def test_a_source_task_reports_its_freshness(status, event_type, level, says):
+    """In the watcher modes the build runs ``dbt source freshness`` first; a source's task reports it."""
+    events, log = run_trigger(status, node="source.shop.loads.events")
+    assert [type(e) for e in events] == [event_type]
+    assert log.lines[1][0] == level and says in log.lines[1][1], log.lines
+
+
+def test_a_source_past_error_after_keeps_every_node_that_reads_it_out_of_the_build():
+    """The producer's freshness callback: unlike Cosmos' default, a warning leaves nothing out, and a
+    node is left out when any of its inputs (direct or not) is stale, as LOCAL mode does; its task
+    fails (a run whose leaves were skipped would end green)."""
+    from pathlib import Path
+
+    from cosmos.constants import DbtResourceType
+    from cosmos.dbt.graph import DbtNode
+
+    from include.dbt_platform.transformations.watcher import leave_out_readers_of_stale_sources
+
+    def node(uid: str, kind: DbtResourceType, *parents: str) -> DbtNode:
+        return DbtNode(uid, kind, list(parents), Path("."), Path(f"{uid}.sql"))
+
+    model, source, test = DbtResourceType.MODEL, DbtResourceType.SOURCE, DbtResourceType.TEST
+    nodes = {n.unique_id: n for n in [
+        node("source.p.loads.events", source), node("source.p.loads.users", source),
+        node("model.p.stg_events", model, "source.p.loads.events"),
+        node("model.p.stg_users", model, "source.p.loads.users"),
+        node("model.p.joined", model, "model.p.stg_events", "model.p.stg_users"),
+        node("test.p.not_null_stg_events_id", test, "model.p.stg_events"),
+        node("model.p.calendar", model),
+    ]}  # fmt: skip
+
+    def skipped(statuses: dict[str, str]) -> list:
+        results = [{"unique_id": uid, "status": status} for uid, status in statuses.items()]
+        return leave_out_readers_of_stale_sources({}, None, None, nodes, {"results": results})
+
+    assert skipped({"source.p.loads.events": "warn", "source.p.loads.users": "pass"}) == []
+    assert skipped({"source.p.loads.events": "error", "source.p.loads.users": "pass"}) == [
+        ("model.p.joined", "failed"),
+        ("model.p.stg_events", "failed"),
+    ]
+    assert skipped({"source.p.loads.events": "pass", "source.p.loads.users": "runtime error"}) == [
+        ("model.p.joined", "failed"),
+        ("model.p.stg_users", "failed"),
+    ]
+
+
+def test_the_producer_publishes_the_freshness_check_with_the_build_results(tmp_path):
+    """Source statuses and the nodes skipped for a stale source go through the same chunks the
+    triggers read (Cosmos pushes them to the task instance directly)."""
+    from cosmos import ProfileConfig
+
+    from include.dbt_platform.transformations.watcher.producer import (
+        AggregatingProducerOperator,
+        _RecordingTaskInstance,
+    )
+
+    (tmp_path / "profiles.yml").write_text("p: {}\n")
+    profile = ProfileConfig(
+        profile_name="p", target_name="t", profiles_yml_filepath=tmp_path / "profiles.yml"
+    )
+    producer = AggregatingProducerOperator(project_dir=str(tmp_path), profile_config=profile)
+    store = XComStore()
+    producer._recorder = _RecordingTaskInstance(store, interval=3600)
+    producer._sources_json = {"results": [{"unique_id": "source.p.loads.events", "status": "error"}]}
+    producer._push_source_freshness_results({"ti": store})
+    producer._push_node_state_xcom(store, "model.p.stg_events", "failed")
+    assert not store.values, "nothing bypasses the recorder"
+    producer._recorder.close()
+    assert store.values[AGGREGATE_XCOM_KEY] == {
+        get_status_xcom_key("source.p.loads.events"): {"status": "error", "outlet_uris": []},
+        get_status_xcom_key("model.p.stg_events"): {"status": "failed", "outlet_uris": []},
+    }
 
 
 class XComStore:

@@ -2,7 +2,9 @@
 
     projects.py       discovery: what a project is, ``platform.yml`` (read and written only here)
     dbt.py            the one way the platform runs dbt itself (manifests, warehouse_setup)
-    manifests.py      ``dbt parse`` -> ``target/manifest.json`` (``make manifests``)
+    manifests.py      ``dbt deps`` (declared packages) + ``dbt parse`` -> ``target/manifest.json``
+                      (``make manifests``)
+    failures.py       why a dbt run failed and whether a retry can help (no retry when not)
     cosmos_config.py  every Cosmos configuration object, built in one place
     factory.py        the DAG factory (``dags/transformations.py``) and the import-error report
     assets.py         stable Airflow assets per model, for data-aware scheduling
@@ -10,5 +12,6 @@
     watcher/          the ``triggerer`` execution mode (the default): one dbt build, node tasks in
                       the triggerer
 
-It imports :mod:`include.dbt_platform.config`, the Postgres adapter, Cosmos, dbt and Airflow.
+It imports :mod:`include.dbt_platform.config`, :mod:`include.dbt_platform.errors`, the Postgres
+adapter, Cosmos, dbt and Airflow.
 """

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from cosmos import ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
-from cosmos.constants import ExecutionMode, InvocationMode, LoadMode, TestBehavior
+from cosmos.constants import ExecutionMode, InvocationMode, LoadMode, SourceRenderingBehavior, TestBehavior
 from cosmos.profiles import PostgresUserPasswordProfileMapping
 
 from include.dbt_platform.config import Settings
-from include.dbt_platform.transformations.projects import DbtProject
+from include.dbt_platform.transformations.projects import DbtProject, check_manifest
 
 EXECUTION_MODES = {
     # One dbt build; every node's task starts and ends in the triggerer (see transformations/watcher).
@@ -40,8 +40,12 @@ def project_config(project: DbtProject) -> ProjectConfig:
         dbt_project_path=project.path,
         manifest_path=project.manifest_path,
         project_name=project.name,
-        # No packages to install at run time: projects vendor what they need.
+        # dbt packages are installed once, into the project's dbt_packages/, when its manifest is
+        # built (manifests.py). A task never runs `dbt deps` (no network, no per-task cost): Cosmos
+        # links dbt_packages/ into the task's temporary copy of the project (a symlink, not a copy:
+        # dbt only reads it).
         install_dbt_deps=False,
+        copy_dbt_packages=False,
     )
 
 
@@ -58,12 +62,33 @@ def profile_config(project: DbtProject, settings: Settings) -> ProfileConfig:
 
 
 def execution_config(project: DbtProject, settings: Settings) -> ExecutionConfig:
+    mode = EXECUTION_MODES[mode_of(project, settings)]
+    setup_operator_args = None
+    if mode == ExecutionMode.WATCHER:
+        from include.dbt_platform.transformations.watcher import leave_out_readers_of_stale_sources
+
+        # The build's source freshness pre-check (when the project declares freshness): a source
+        # past error_after keeps its models out of the build; past warn_after only, they run.
+        setup_operator_args = {"freshness_callback": leave_out_readers_of_stale_sources}
     return ExecutionConfig(
-        execution_mode=EXECUTION_MODES[mode_of(project, settings)],
+        execution_mode=mode,
         # dbt runs inside the task process: no extra interpreter start per task.
         invocation_mode=InvocationMode.DBT_RUNNER,
         dbt_executable_path=settings.dbt_executable,
+        setup_operator_args=setup_operator_args,
     )
+
+
+def has_source_freshness(project: DbtProject) -> bool:
+    """Whether any source of the project declares a freshness (``warn_after`` / ``error_after``).
+
+    Read from the manifest (about 40 ms at 1,000 models): freshness can be set in a source's yml, on
+    its table or in ``dbt_project.yml``, and only dbt merges them.
+    """
+    from cosmos.dbt.graph import is_freshness_effective
+
+    sources = check_manifest(project).get("sources") or {}
+    return any(is_freshness_effective(source.get("freshness")) for source in sources.values())
 
 
 def test_behavior_of(project: DbtProject, settings: Settings) -> str:
@@ -79,8 +104,8 @@ def test_behavior_of(project: DbtProject, settings: Settings) -> str:
     return behavior
 
 
-def render_config(mode: str, behavior: str) -> RenderConfig:
-    """For a project's :func:`mode_of` and :func:`test_behavior_of`."""
+def render_config(mode: str, behavior: str, source_freshness: bool = False) -> RenderConfig:
+    """For a project's :func:`mode_of`, :func:`test_behavior_of` and :func:`has_source_freshness`."""
     from include.dbt_platform.transformations.watcher import BUILD_NODE_CONVERTERS
 
     return RenderConfig(
@@ -93,4 +118,15 @@ def render_config(mode: str, behavior: str) -> RenderConfig:
         should_detach_multiple_parents_tests=mode == "local",
         # Cosmos' WATCHER renders no build task; the triggerer mode brings its own.
         node_converters=BUILD_NODE_CONVERTERS if behavior == "build" and mode == "triggerer" else None,
+        # Sources that declare a freshness get a task, `<table>_source`, upstream of the models that
+        # read them: `dbt source freshness` for that source in LOCAL; in the watcher modes the build
+        # runs it first and the task reports its result. Past error_after the task fails and the
+        # models do not run; past warn_after it logs a warning and they run. (Cosmos' behavior also
+        # renders sources that only have tests; without any freshness, no source is rendered and
+        # the build runs no freshness check.)
+        source_rendering_behavior=(
+            SourceRenderingBehavior.WITH_TESTS_OR_FRESHNESS
+            if source_freshness
+            else SourceRenderingBehavior.NONE
+        ),
     )

@@ -17,17 +17,27 @@ from include.dbt_platform.config import Settings, get_settings
 from include.dbt_platform.transformations import cosmos_config
 from include.dbt_platform.transformations.assets import model_asset
 from include.dbt_platform.transformations.dbt import guard_cosmos_runs
+from include.dbt_platform.transformations.failures import classify_cosmos_failures
 from include.dbt_platform.transformations.projects import DbtProject, DbtProjectError, discover
 from include.dbt_platform.transformations.watcher import run_consumers_in_triggerer
 
 log = logging.getLogger(__name__)
 # Every task of a transformation DAG runs dbt without the platform's secrets in its environment.
 guard_cosmos_runs()
+# ... and fails without retry when retrying cannot help (a failed test, an error in the SQL).
+classify_cosmos_failures()
 
 START_DATE = datetime(2024, 1, 1, tzinfo=UTC)
 
 
-def dag_doc(project: DbtProject, test_behavior: str) -> str:
+def dag_doc(project: DbtProject, test_behavior: str, source_freshness: bool = False) -> str:
+    freshness = (
+        "A source that declares a freshness is checked first, by its own task "
+        "(`<source>_<table>_source`): past `error_after` it fails and the models reading it do not run; "
+        "past `warn_after` it logs a warning. "
+        if source_freshness
+        else ""
+    )
     tasks = (
         "Each dbt model (seed, snapshot) and its tests are one task; "
         if test_behavior == "build"
@@ -36,7 +46,7 @@ def dag_doc(project: DbtProject, test_behavior: str) -> str:
     return (
         f"# dbt project `{project.name}`\n\n"
         f"{project.description or 'Transformations of the dbt project at'} `{project.path}`.\n\n"
-        f"{tasks}seeds load first. "
+        f"{tasks}seeds load first. {freshness}"
         f"dbt runs against Airflow connection `{project.conn_id}`, schema `{project.schema}`. "
         "Models emit Airflow assets, so downstream DAGs can be scheduled on them.\n\n"
         "Rendered by astronomer-cosmos from the project's manifest "
@@ -48,14 +58,14 @@ def build_transformation_dag(project: DbtProject, settings: Settings | None = No
     settings = settings or get_settings()
     mode = cosmos_config.mode_of(project, settings)
     behavior = cosmos_config.test_behavior_of(project, settings)
+    source_freshness = cosmos_config.has_source_freshness(project)
     dag = DbtDag(
         dag_id=project.name,
         project_config=cosmos_config.project_config(project),
         profile_config=cosmos_config.profile_config(project, settings),
         execution_config=cosmos_config.execution_config(project, settings),
-        render_config=cosmos_config.render_config(mode, behavior),
+        render_config=cosmos_config.render_config(mode, behavior, source_freshness),
         operator_args={
-            "install_deps": False,
             # dbt's debug log file would go to the task's temporary copy of the project, deleted when
             # the task ends: nobody reads it, and writing it costs the build about a tenth of its CPU.
             # What dbt prints still goes to the task log.
@@ -65,12 +75,12 @@ def build_transformation_dag(project: DbtProject, settings: Settings | None = No
         start_date=START_DATE,
         catchup=False,
         max_active_runs=1,
-        doc_md=dag_doc(project, behavior),
+        doc_md=dag_doc(project, behavior, source_freshness),
         tags=["dbt", "transformations", *project.tags],
         default_args={
             "owner": project.owner,
             "retries": 2,
-            "retry_delay": timedelta(seconds=30),
+            "retry_delay": timedelta(seconds=settings.transformation_retry_delay_seconds),
             "retry_exponential_backoff": True,
         },
     )

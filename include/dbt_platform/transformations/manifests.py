@@ -3,6 +3,13 @@
 Cosmos renders DAGs from this manifest, so DAG parsing never starts dbt. The manifest is always
 built here from the project's current files, never committed.
 
+A project that declares dbt packages (``packages.yml`` or ``dependencies.yml``) gets ``dbt deps``
+first, into its own ``dbt_packages/``: the manifest includes the packages' macros and models, and
+the DAG's tasks find the installed packages there at run time (Cosmos links the folder into each
+task's temporary copy of the project; tasks never run ``dbt deps``). Local (``local:``) and git
+(``git:``) packages install offline; the dbt package hub (``package:``) cannot be reached from the
+platform, so such a project is refused before dbt tries, naming the package.
+
     python -m include.dbt_platform.transformations.manifests            # every project
     python -m include.dbt_platform.transformations.manifests PATH ...   # the named project folders
 """
@@ -12,21 +19,81 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import yaml
+
 from include.dbt_platform.config import get_settings
 from include.dbt_platform.transformations import dbt
-from include.dbt_platform.transformations.projects import DbtProjectError, load_project, project_dirs
+from include.dbt_platform.transformations.projects import (
+    DbtProject,
+    DbtProjectError,
+    load_project,
+    project_dirs,
+)
+
+# Where dbt reads a project's package list from (dbt refuses a project that has both).
+PACKAGE_FILES = ("packages.yml", "dependencies.yml")
 
 
 def build_manifest(project_dir: Path) -> Path:
-    """Run ``dbt parse`` in ``project_dir``; return the manifest path or raise DbtProjectError."""
+    """Install the project's dbt packages (if any), then run ``dbt parse`` in ``project_dir``;
+    return the manifest path or raise DbtProjectError."""
     project = load_project(project_dir, get_settings())
+    packages = declared_packages(project)
+    refuse_unreachable_packages(project, packages)
     with dbt.parse_profile(project) as profile:
+        if packages:
+            outcome = dbt.run(project, ["deps", "--quiet", "--log-level-file", "none"], profile)
+            if not outcome.success:
+                raise DbtProjectError(
+                    f"dbt deps failed for '{project.name}' ({project.path}): its packages could not be "
+                    f"installed:\n{outcome.error}"
+                )
         outcome = dbt.run(
             project, ["parse", "--no-partial-parse", "--quiet", "--log-level-file", "none"], profile
         )
     if not outcome.success:
         raise DbtProjectError(f"dbt parse failed for '{project.name}' ({project.path}):\n{outcome.error}")
     return project.manifest_path
+
+
+def declared_packages(project: DbtProject) -> list[dict]:
+    """The entries of the project's ``packages:`` list (from ``packages.yml`` or ``dependencies.yml``)."""
+    entries: list[dict] = []
+    for name in PACKAGE_FILES:
+        path = project.path / name
+        if not path.exists():
+            continue
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise DbtProjectError(f"dbt project '{project.name}': cannot read {path}: {exc}") from exc
+        packages = data.get("packages") if isinstance(data, dict) else None
+        if packages is None:
+            continue
+        if not isinstance(packages, list) or not all(isinstance(p, dict) for p in packages):
+            raise DbtProjectError(
+                f"dbt project '{project.name}': 'packages' in {path} must be a list of mappings"
+            )
+        entries.extend(packages)
+    return entries
+
+
+def refuse_unreachable_packages(project: DbtProject, packages: list[dict]) -> None:
+    """Raise DbtProjectError naming every package that comes from the dbt package hub.
+
+    ``dbt deps`` would fetch them from hub.getdbt.com, which the platform cannot reach: it would
+    fail (or hang on the network) with an error that does not say which package or what to do.
+    """
+    hub = [str(p["package"]) for p in packages if "package" in p]
+    if not hub:
+        return
+    reasons = "; ".join(
+        f"package {name} comes from the dbt package hub, which this platform cannot reach" for name in hub
+    )
+    raise DbtProjectError(
+        f"dbt project '{project.name}' ({project.path}): {reasons}; vendor it as a local package "
+        "(`local: <path>` in packages.yml) or use a git URL (`git: <url>`, with `revision:`)"
+    )
 
 
 def main(argv: list[str]) -> int:

@@ -29,6 +29,12 @@ Here:
   args), and the nodes downstream of it are retried after it. A node the build never reached
   (the build failed early) is not re-run node by node: the run fails and is triggered again.
 
+- a project that declares source freshness has a task per source (``<source>_<table>_source``):
+  the build runs ``dbt source freshness`` first (Cosmos' ``_check_source_freshness``), leaves out
+  every node that reads a source past its ``error_after`` (:func:`leave_out_readers_of_stale_sources`:
+  their tasks fail, as they would after a failed model), and the source's task reports it: failed
+  past ``error_after``, a warning past ``warn_after`` only.
+
 Wire it with :func:`run_consumers_in_triggerer` on a DAG rendered in ``ExecutionMode.WATCHER`` (with
 ``TestBehavior.BUILD`` and ``node_converters=BUILD_NODE_CONVERTERS``, or ``TestBehavior.AFTER_EACH``).
 
@@ -45,7 +51,10 @@ from include.dbt_platform.transformations.watcher.consumer import (
     DbtBuildConsumerOperator,
     run_consumers_in_triggerer,
 )
-from include.dbt_platform.transformations.watcher.producer import AggregatingProducerOperator
+from include.dbt_platform.transformations.watcher.producer import (
+    AggregatingProducerOperator,
+    leave_out_readers_of_stale_sources,
+)
 from include.dbt_platform.transformations.watcher.trigger import TRIGGER_CLASSPATH, TaskEndingWatcherTrigger
 
 __all__ = [
@@ -55,4 +64,5 @@ __all__ = [
     "DbtBuildConsumerOperator",
     "TaskEndingWatcherTrigger",
     "run_consumers_in_triggerer",
+    "leave_out_readers_of_stale_sources",
 ]

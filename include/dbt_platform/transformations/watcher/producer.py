@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
-from cosmos.operators._watcher.state import xcom_set_lock
+from cosmos.operators._watcher.state import DbtNodeStatus, xcom_set_lock
 from cosmos.operators.watcher import DbtProducerWatcherOperator
 
+log = logging.getLogger(__name__)
 AGGREGATE_XCOM_KEY = "dbt_platform_node_results"
 CHUNK_COUNT_XCOM_KEY = f"{AGGREGATE_XCOM_KEY}_chunks"
 
@@ -85,15 +87,83 @@ def chunk_xcom_key(number: int) -> str:
 
 
 class AggregatingProducerOperator(DbtProducerWatcherOperator):
-    """Cosmos' watcher producer, also publishing every node's result in one aggregated XCom."""
+    """Cosmos' watcher producer, also publishing every node's result in one aggregated XCom.
+
+    One recorder (:class:`_RecordingTaskInstance`) per try carries every node result the triggers
+    read: the source freshness pre-check's (each source's status, the nodes left out because of a
+    stale source), then the build's.
+    """
+
+    def execute(self, context: Any, **kwargs: Any) -> Any:
+        self._recorder = _RecordingTaskInstance(context["ti"])
+        try:
+            return super().execute(context, **kwargs)
+        finally:
+            recorder, self._recorder = self._recorder, None
+            recorder.close()
 
     def run_dbt_runner(self, command: list[str], env: dict[str, str], cwd: str, **kwargs: Any) -> Any:
         context = kwargs.get("context")
-        if context is None or context.get("_check_source_freshness"):
+        recorder = getattr(self, "_recorder", None)
+        if context is None or recorder is None or context.get("_check_source_freshness"):
             return super().run_dbt_runner(command, env, cwd, **kwargs)
-        recorder = _RecordingTaskInstance(context["ti"])
         kwargs["context"] = {**context, "ti": recorder, "task_instance": recorder}
-        try:
-            return super().run_dbt_runner(command, env, cwd, **kwargs)
-        finally:
-            recorder.close()
+        return super().run_dbt_runner(command, env, cwd, **kwargs)
+
+    def _push_source_freshness_results(self, context: Any) -> None:
+        super()._push_source_freshness_results(
+            {**context, "ti": getattr(self, "_recorder", None) or context["ti"]}
+        )
+
+    def _push_node_state_xcom(self, ti: Any, unique_id: str, state: str) -> None:
+        super()._push_node_state_xcom(getattr(self, "_recorder", None) or ti, unique_id, state)
+
+
+FRESHNESS_FAILED_STATUSES = {"error", "runtime error"}
+
+
+def leave_out_readers_of_stale_sources(
+    context: Any, dag: Any, task_group: Any, nodes: Any, sources_json: Any
+):
+    """The producer's ``freshness_callback``: which nodes the build leaves out after ``dbt source freshness``.
+
+    Every model, seed and snapshot that reads, directly or through other nodes, a source past its
+    ``error_after`` (or whose freshness could not be checked) is left out of the build, none of
+    them built on stale data, as in LOCAL mode (where they are ``upstream_failed``). Their tasks
+    end *failed*, not skipped: Airflow decides a run's state from its leaf tasks, and a run whose
+    leaves were skipped would end green; a retry of them waits for the source's task and says
+    that it failed. A source past ``warn_after`` only is reported by its task and its models run.
+    (Cosmos' default skips for a warning too, and only nodes all of whose inputs are stale.)
+    """
+    results = (sources_json or {}).get("results") or []
+    failed = {
+        r["unique_id"] for r in results if r.get("unique_id") and r.get("status") in FRESHNESS_FAILED_STATUSES
+    }
+    if not failed or not nodes:
+        return []
+    dependents: dict[str, set[str]] = {}
+    for node_id, node in nodes.items():
+        for parent in node.depends_on:
+            dependents.setdefault(parent, set()).add(node_id)
+    reached: set[str] = set()
+    todo = list(failed)
+    while todo:
+        for child in dependents.get(todo.pop(), ()):
+            if child not in reached:
+                reached.add(child)
+                todo.append(child)
+    # Tests are left out with the node they test; their ids are not valid dbt --exclude selectors.
+    buildable = {"model", "seed", "snapshot"}
+    left_out = sorted(uid for uid in reached if uid in nodes and _resource_type(nodes[uid]) in buildable)
+    if left_out:
+        log.warning(
+            "Source(s) %s failed their freshness check (past error_after, or not checkable): not building %s",
+            sorted(failed),
+            left_out,
+        )
+    return [(uid, DbtNodeStatus.FAILED.value) for uid in left_out]
+
+
+def _resource_type(node: Any) -> str:
+    kind = node.resource_type
+    return str(getattr(kind, "value", kind))

@@ -1,7 +1,9 @@
 """The trigger that reports one dbt node's result from the producer and ends its task in the triggerer.
 
 One poller per DAG run in a triggerer process (:class:`_RunWatch`) reads the producer's chunks for all
-that run's consumer triggers.
+that run's consumer triggers. A source's task (projects that declare source freshness) reports the
+build's ``dbt source freshness`` result the same way. (A little over 300 lines: the poller, the
+trigger's first try and its re-run on a worker share one contract with the producer; kept together.)
 """
 
 from __future__ import annotations
@@ -223,9 +225,16 @@ class TaskEndingWatcherTrigger(WatcherTrigger):
         what = f"{'tests of ' if self.is_test_sensor else ''}{self.model_unique_id}"
         if self.with_tests:
             what += " and its tests"
+        source = self.model_unique_id.startswith("source.")  # a source's freshness check
         if is_dbt_node_status_success(status):
+            stale = source and status == "warn"
             await self._say(
-                "info", "dbt %s: %s (reported after %.1fs)", what, status, time.monotonic() - started
+                "warning" if stale else "info",
+                "dbt %s: %s (reported after %.1fs)%s",
+                what,
+                status,
+                time.monotonic() - started,
+                ": older than its warn_after; its models run" if stale else "",
             )
             yield TaskSuccessEvent()
         elif is_dbt_node_status_skipped(status):
@@ -234,6 +243,8 @@ class TaskEndingWatcherTrigger(WatcherTrigger):
         elif is_dbt_node_status_failed(status):
             if self.with_tests and status == DbtTestStatus.FAIL:
                 what = f"{self.model_unique_id} succeeded, but one or more of its tests"
+            elif source:
+                what = f"freshness of {what} (past error_after or not checkable: its readers are not built)"
             await self._say(
                 "error",
                 "dbt %s: %s. The task '%s' has dbt's full output.",
