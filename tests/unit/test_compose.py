@@ -139,3 +139,23 @@ def test_the_triggerer_runs_through_the_projects_launcher(compose):
     assert command[:3] == ["python", "-m", "include.dbt_platform.runtime.triggerer"]
     assert (REPO_ROOT / "include" / "dbt_platform" / "runtime" / "triggerer.py").exists()
     assert COMPONENT_LAUNCHERS["triggerer"] == command[1:3]
+
+
+def test_metrics_and_lineage_are_switched_on(compose):
+    """StatsD to the statsd-exporter service (the mapping the local stack reads too), Prometheus
+    scraping it, OpenLineage to a file in the shared state volume."""
+    services = compose["services"]
+    for name, svc in airflow_services(compose).items():
+        env = svc["environment"]
+        assert env["AIRFLOW__METRICS__STATSD_ON"] == "true", name
+        assert env["AIRFLOW__METRICS__STATSD_HOST"] == "statsd-exporter", name
+        transport = json.loads(env["AIRFLOW__OPENLINEAGE__TRANSPORT"])
+        assert transport["type"] == "file" and transport["log_file_path"].startswith("/opt/airflow/state/")
+    exporter = services["statsd-exporter"]
+    assert exporter["image"].startswith("prom/statsd-exporter:")
+    mapping = next(v for v in exporter["volumes"] if v.endswith(":ro") and "statsd_mapping.yml" in v)
+    assert (REPO_ROOT / mapping.split(":")[0]).exists()
+    assert f"--statsd.mapping-config={mount_target(mapping)}" in exporter["command"]
+    prometheus = yaml.safe_load((REPO_ROOT / "config" / "prometheus.yml").read_text())
+    (targets,) = [c["static_configs"][0]["targets"] for c in prometheus["scrape_configs"]]
+    assert targets == ["statsd-exporter:9102"]
