@@ -55,11 +55,17 @@ def lineage_file(target) -> Path:
 
 
 def observability_env(stack, target) -> dict[str, str]:
-    """Airflow's settings for metrics and lineage (files and loopback ports: nothing secret)."""
+    """Airflow's settings for metrics and lineage (files and loopback ports: nothing secret). Makes
+    the lineage file's folder: the provider's file transport does not, and drops events without it."""
+    lineage_file(target).parent.mkdir(parents=True, exist_ok=True)
     transport = {"type": "file", "log_file_path": str(lineage_file(target)), "append": True}
     env = {
         "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(transport),
         "AIRFLOW__OPENLINEAGE__NAMESPACE": LINEAGE_NAMESPACE,
+        # Emit from a bounded thread of the task process, not a fork of it per event (the
+        # provider's default): cheaper on a small machine, and a fork of a task runner can leave it
+        # stuck on its supervisor's socket.
+        "AIRFLOW__OPENLINEAGE__EXECUTE_IN_THREAD": "True",
     }
     ports = ports_for(stack, target)
     if ports is not None:
@@ -114,6 +120,10 @@ def prometheus_binary() -> str | None:
     return shutil.which("prometheus")
 
 
+def prometheus_running(target) -> bool:
+    return _pid(target, "prometheus") is not None
+
+
 def prometheus_config(ports: ObservabilityPorts) -> str:
     return (
         "# Written by devstack/observability.py: scrapes the stack's StatsD exporter.\n"
@@ -135,7 +145,7 @@ def observability_up(stack, target) -> ObservabilityPorts | None:
         f"--web.listen-address=127.0.0.1:{ports.exporter}",
         f"--statsd.mapping-config={MAPPING_FILE}",
     ])  # fmt: skip
-    urls = [f"http://127.0.0.1:{ports.exporter}/metrics"]
+    _wait_for(f"http://127.0.0.1:{ports.exporter}/metrics")
     binary = prometheus_binary()
     if binary:
         home = target.home.parent / "prometheus"
@@ -145,26 +155,32 @@ def observability_up(stack, target) -> ObservabilityPorts | None:
             binary, f"--config.file={home / 'prometheus.yml'}", f"--storage.tsdb.path={home / 'data'}",
             f"--web.listen-address=127.0.0.1:{ports.prometheus}", "--storage.tsdb.retention.time=2d",
         ])  # fmt: skip
-        urls.append(f"http://127.0.0.1:{ports.prometheus}/-/ready")
-    for url in urls:
-        _wait_for(url)
+        try:
+            _wait_for(
+                f"http://127.0.0.1:{ports.prometheus}/-/ready", alive=lambda: _pid(target, "prometheus")
+            )
+        except RuntimeError as exc:  # Prometheus is a convenience here: the metrics are on /metrics
+            print(f"warning: Prometheus did not start ({exc}); see {target.home / 'component-logs'}")
+            observability_down(target, only=("prometheus",))
     return ports
 
 
-def _wait_for(url: str, timeout: float = 60) -> None:
+def _wait_for(url: str, timeout: float = 60, alive=lambda: True) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return
         except (urllib.error.URLError, OSError):
+            if not alive():
+                raise RuntimeError(f"the server of {url} exited") from None
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{url} did not answer within {timeout:.0f}s") from None
             time.sleep(0.5)
 
 
-def observability_down(target, timeout: float = 15) -> None:
-    for name in ("prometheus", "statsd-exporter"):
+def observability_down(target, timeout: float = 15, only=("prometheus", "statsd-exporter")) -> None:
+    for name in only:
         pid = _pid(target, name)
         if pid:
             try:

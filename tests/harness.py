@@ -85,3 +85,39 @@ def run_dag_test(dag):
     run = dag.test()
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     return run, states
+
+
+def lineage_events(dag_id: str, run_id: str) -> list[dict]:
+    """The OpenLineage events of one DAG run in the stack's lineage file (the provider's file
+    transport): the run's own and its tasks', found through the parent run the provider gives them."""
+    import json
+
+    from devstack.observability import lineage_file
+
+    path = lineage_file(TARGET)
+    events = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def parent_of(event: dict) -> str | None:
+        return ((event["run"].get("facets") or {}).get("parent") or {}).get("run", {}).get("runId")
+
+    runs = {
+        parent_of(e)
+        for e in events
+        if (e["run"].get("facets") or {}).get("airflow", {}).get("dagRun", {}).get("run_id") == run_id
+        and e["job"]["name"].startswith(f"{dag_id}.")
+    }
+    return [e for e in events if parent_of(e) in runs - {None}]
+
+
+def assert_model_lineage(events: list[dict], dag_id: str, models: dict[str, str]) -> None:
+    """Each model (name -> its task id) has a START and a COMPLETE event as its task's job, the
+    COMPLETE naming the model's table as its output and what it reads as inputs."""
+    for model, task_id in models.items():
+        mine = [e for e in events if e["job"]["name"] == f"{dag_id}.{task_id}"]
+        kinds = [e["eventType"] for e in mine]
+        assert kinds.count("START") == 1 and kinds.count("COMPLETE") == 1, (model, kinds)
+        (complete,) = [e for e in mine if e["eventType"] == "COMPLETE"]
+        outputs = [o["name"] for o in complete["outputs"]]
+        assert [o.rsplit(".", 1)[-1] for o in outputs] == [model], (model, outputs)
+        assert complete["inputs"], f"{model}: what it reads"
+        assert all(o["namespace"].startswith("postgres://127.0.0.1:") for o in complete["outputs"])

@@ -53,9 +53,9 @@ def live_airflow(database) -> Iterator[AirflowClient]:
     )
     build_manifest(LIVE_PROJECTS_DIR / shipped.name)
     observability_down(LIVE_TARGET)  # an aborted session's exporter holds last session's counters
-    observability_up(STACK, LIVE_TARGET)
-    start_airflow(STACK, LIVE_TARGET, extra_env=LIVE_ENV)
     try:
+        observability_up(STACK, LIVE_TARGET)
+        start_airflow(STACK, LIVE_TARGET, extra_env=LIVE_ENV)
         wait_healthy(STACK, LIVE_TARGET)
         yield client_for(STACK, LIVE_TARGET)
     finally:

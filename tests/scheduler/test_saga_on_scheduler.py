@@ -18,7 +18,7 @@ from datetime import datetime
 
 import pytest
 
-from devstack.observability import ports_for, prometheus_binary
+from devstack.observability import ports_for, prometheus_binary, prometheus_running
 from include.dbt_platform.project_creation import definition as project_saga
 from include.dbt_platform.saga import journal as j
 from tests.harness import STACK, build_manifest, wait_for
@@ -119,6 +119,10 @@ def test_saga_counters_move_on_the_metrics_endpoint_and_in_prometheus(client):
 
     if not prometheus_binary():
         pytest.skip("Prometheus is not installed (apt-get install prometheus; .ci/run does): not scraped")
+    if not prometheus_running(LIVE_TARGET):
+        pytest.fail(
+            "Prometheus is installed but did not start: see its log in the live Airflow's component-logs"
+        )
 
     def in_prometheus():
         query = urllib.parse.quote(compensated)

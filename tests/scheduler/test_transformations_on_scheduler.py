@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from devstack.airflow import AIRFLOW_COMPONENTS, COMPONENT_NICENESS, component_pid
-from tests.harness import STACK, query, wait_for
+from tests.harness import STACK, assert_model_lineage, lineage_events, query, wait_for
 from tests.scheduler.live import LIVE_PROJECTS_DIR, LIVE_TARGET
 
 DAG_ID = "inventory_transforms"
@@ -60,6 +60,10 @@ def test_every_node_runs_in_the_triggerer_and_the_marts_start_the_downstream_dag
     assert all(not ti["hostname"] and ti["try_number"] == 1 for ti in nodes.values())
     assert tis["dbt_producer_watcher"]["hostname"], "the build itself ran on a worker"
     assert query(warehouse, "select count(*) from inventory_transforms.fct_users")[0][0] == 12
+    # Lineage: each model's task has its START and COMPLETE, with the model's table as its output,
+    # though the task ended in the triggerer (the build emits them: transformations/lineage.py).
+    models = ("stg_users", "stg_applications", "fct_users", "fct_applications")
+    assert_model_lineage(lineage_events(DAG_ID, run), DAG_ID, {m: f"{m}_model_build" for m in models})
     # The stack's triggerer is the project's launcher: each node's task went to its trigger runner
     # alone, not with the whole DAG (include/dbt_platform/runtime/triggerer.py).
     _, dag_run = client.request("GET", f"/dags/{DAG_ID}/dagRuns/{run}")
