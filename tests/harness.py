@@ -121,3 +121,24 @@ def assert_model_lineage(events: list[dict], dag_id: str, models: dict[str, str]
         assert [o.rsplit(".", 1)[-1] for o in outputs] == [model], (model, outputs)
         assert complete["inputs"], f"{model}: what it reads"
         assert all(o["namespace"].startswith("postgres://127.0.0.1:") for o in complete["outputs"])
+
+
+def assert_run_trace(dag_id: str, run_id: str, models: list[str]) -> list[dict]:
+    """A transformation run is one trace in the platform's trace file: the run's root span, a span per
+    dbt invocation of its tasks under it, and a span per model dbt ran under its invocation."""
+    from include.dbt_platform.config import get_settings
+    from include.dbt_platform.observability.ids import hex_trace_id
+    from include.dbt_platform.observability.tracing import read_spans
+    from include.dbt_platform.transformations.tracing import run_ids
+
+    trace_id, root_id = run_ids(dag_id, run_id)
+    spans = [s for s in read_spans(get_settings().trace_file) if s["traceId"] == hex_trace_id(trace_id)]
+    (root,) = [s for s in spans if "parentSpanId" not in s]
+    assert root["name"] == f"dbt {dag_id}" and root["attributes"]["airflow.run_id"] == run_id
+    invocations = {s["spanId"]: s for s in spans if s.get("parentSpanId") == root["spanId"]}
+    assert invocations and all(s["name"].startswith("dbt ") for s in invocations.values()), spans
+    for model in models:
+        (span,) = [s for s in spans if s["name"] == f"model {model}"]
+        assert span["parentSpanId"] in invocations, (model, span)
+        assert span["attributes"]["dbt.node.status"] == "success"
+    return spans

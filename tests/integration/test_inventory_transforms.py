@@ -10,6 +10,7 @@ from include.dbt_platform.transformations.factory import build_transformation_da
 from include.dbt_platform.transformations.projects import load_project
 from tests.harness import (
     assert_model_lineage,
+    assert_run_trace,
     build_manifest,
     copy_project,
     lineage_events,
@@ -48,6 +49,9 @@ def test_inventory_transforms_builds_the_marts(projects_dir: Path, warehouse):
         if e["job"]["name"].endswith("fct_users_model_build") and e["eventType"] == "COMPLETE"
     ]
     assert {i["name"].rsplit(".", 1)[-1] for i in complete["inputs"]} >= {"stg_users", "stg_applications"}
+    # Tracing: the run is one trace, with a span per task's dbt invocation and per model dbt ran.
+    spans = assert_run_trace(dag.dag_id, run.run_id, MODELS)
+    assert {s["name"] for s in spans} >= {"dbt build", "seed raw_users", "test app_owner_exists"}
 
     assert query(warehouse, f"select count(*) from {schema}.fct_users") == [(12,)]
     assert query(warehouse, f"select count(*) from {schema}.fct_applications") == [(10,)]
