@@ -107,7 +107,7 @@ def test_referenced_files_exist(compose):
 
 SECRETS = ("POSTGRES_PASSWORD", "AIRFLOW_DB_PASSWORD", "PLATFORM_DB_PASSWORD", "WAREHOUSE_DB_PASSWORD",
            "REDIS_PASSWORD", "AIRFLOW_JWT_SECRET", "AIRFLOW_FERNET_KEY", "AIRFLOW_API_SECRET_KEY",
-           "AIRFLOW_ADMIN_PASSWORD")  # fmt: skip
+           "AIRFLOW_ADMIN_PASSWORD", "AIRFLOW_PLATFORM_PASSWORD")  # fmt: skip
 
 
 def test_no_secret_has_a_default_and_redis_requires_a_password(compose):
