@@ -37,10 +37,8 @@ AIRFLOW_COMPONENTS = {
     "dag-processor": ["dag-processor"],
     "triggerer": ["triggerer", "--skip-serve-logs"],
 }
-# Components started through this project's launcher instead of the `airflow` command (same arguments
-# after the subcommand). The triggerer's removes Airflow 3.3's per-task DAG cost: see
-# include/dbt_platform/runtime/triggerer.py.
-COMPONENT_LAUNCHERS = {"triggerer": ["-m", "include.dbt_platform.runtime.triggerer"]}
+# Every component is the stock `airflow` command. The triggerer gets the platform's patch (no per-task
+# DAG cost) from plugins/airflow_local_settings.py, which Airflow imports by itself.
 # CPU priorities. The LocalExecutor runs every task inside the scheduler's process tree, so the tasks
 # (a dbt build) share the CPU with whatever the other components do meanwhile. Off that critical path:
 # the dag-processor (it parses files, and serves the callback request Airflow sends whenever a task
@@ -263,6 +261,11 @@ def _pidfile(stack: StackSettings, target: AirflowTarget, component: str) -> Pat
 
 
 def _alive(pid: int) -> bool:
+    try:  # a component this process started and that has exited: reap it (else it lingers, a zombie)
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass  # not our child
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -317,11 +320,7 @@ def start_airflow(
     for component in components:
         if component_pid(stack, target, component):
             continue
-        args = [a.format(port=target.api_port) for a in AIRFLOW_COMPONENTS[component]]
-        if component in COMPONENT_LAUNCHERS:
-            command = [sys.executable, *COMPONENT_LAUNCHERS[component], *args[1:]]
-        else:
-            command = [airflow_bin(), *args]
+        command = [airflow_bin(), *(a.format(port=target.api_port) for a in AIRFLOW_COMPONENTS[component])]
         niceness = COMPONENT_NICENESS.get(component, 0)
         with open(logs / f"{component}.log", "ab") as log:
             proc = subprocess.Popen(
