@@ -74,6 +74,7 @@ class Settings:
     test_behavior: str
     watcher_poke_interval: float
     schedule: str | None
+    recovery_schedule: str | None
     dbt_threads: int
     fault_injection_enabled: bool
     smtp_conn_id: str
@@ -126,6 +127,7 @@ def get_settings() -> Settings:
     """Read the settings now (not cached: tests and operators change the environment)."""
     state_dir = Path(env("DBT_PLATFORM_STATE_DIR", str(REPO_ROOT / ".local" / "state")))
     schedule = env("DBT_PLATFORM_SCHEDULE", "@daily")
+    recovery = env("DBT_PLATFORM_RECOVERY_SCHEDULE", "*/10 * * * *")
     return Settings(
         dbt_projects_dir=Path(env("DBT_PLATFORM_PROJECTS_DIR", str(REPO_ROOT / "dbt_projects"))),
         registry_dir=Path(env("DBT_PLATFORM_REGISTRY_DIR", str(state_dir / "registered_projects"))),
@@ -137,6 +139,7 @@ def get_settings() -> Settings:
         test_behavior=env("DBT_PLATFORM_TEST_BEHAVIOR", "build").lower(),
         watcher_poke_interval=float(env("DBT_PLATFORM_WATCHER_POKE_INTERVAL", "0.5")),
         schedule=None if schedule.lower() in {"none", "manual"} else schedule,
+        recovery_schedule=None if recovery.lower() in {"none", "manual"} else recovery,
         dbt_threads=int(env("DBT_PLATFORM_DBT_THREADS", "4")),
         fault_injection_enabled=env_bool("SAGA_FAULT_INJECTION", False),
         smtp_conn_id=env("DBT_PLATFORM_SMTP_CONN_ID", "smtp_default"),
