@@ -1,7 +1,7 @@
 """
 # `saga_recovery` — finish sagas that their runs left unfinished
 
-Every 10 minutes: finds sagas (of every kind: creation, new environment, rotation, decommission)
+Every 10 minutes (`DBT_PLATFORM_RECOVERY_SCHEDULE`): finds sagas (of every kind: creation, new environment, rotation, decommission)
 still EXECUTING or COMPENSATING whose Airflow run is over (failed, timed out, killed, marked by hand)
 or past the saga deadline, and compensates them (or, past their pivot, finishes them forward).
 
@@ -13,12 +13,13 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import DAG, Param, task
 
+from include.dbt_platform.config import get_settings
 from include.dbt_platform.saga.recovery import recover_all
 from include.dbt_platform.sagas import definitions
 
 with DAG(
     dag_id="saga_recovery",
-    schedule=timedelta(minutes=10),
+    schedule=get_settings().recovery_schedule,
     start_date=datetime(2024, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,

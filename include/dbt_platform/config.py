@@ -32,6 +32,9 @@ PLATFORM_DAG_IDS = frozenset(
 # The Airflow role (FAB auth manager) that may trigger the project-lifecycle DAGs and nothing else;
 # those DAGs grant it through their access_control (include/dbt_platform/runtime/roles.py makes it).
 REQUESTER_ROLE = "Requester"
+# The platform's service account (its FAB role): what a saga changes in Airflow itself, through the API.
+PLATFORM_ROLE = "Platform"
+PLATFORM_USER = "dbt-platform"
 # Databases no project may ever be given, whatever the allow-list says.
 NEVER_ADOPTED_DATABASES = frozenset(
     {"postgres", "template0", "template1", "airflow", "platform", "warehouse"}
@@ -71,9 +74,12 @@ class Settings:
     test_behavior: str
     watcher_poke_interval: float
     schedule: str | None
+    recovery_schedule: str | None
     dbt_threads: int
     fault_injection_enabled: bool
     smtp_conn_id: str
+    # Airflow's REST API as the platform's service account (empty: none; see adapters/airflow_api.py).
+    airflow_api_conn_id: str
     saga_retry_delay_seconds: float | None
     # First retry delay of transformation tasks (exponential backoff doubles it).
     transformation_retry_delay_seconds: float
@@ -123,6 +129,7 @@ def get_settings() -> Settings:
     """Read the settings now (not cached: tests and operators change the environment)."""
     state_dir = Path(env("DBT_PLATFORM_STATE_DIR", str(REPO_ROOT / ".local" / "state")))
     schedule = env("DBT_PLATFORM_SCHEDULE", "@daily")
+    recovery = env("DBT_PLATFORM_RECOVERY_SCHEDULE", "*/10 * * * *")
     return Settings(
         dbt_projects_dir=Path(env("DBT_PLATFORM_PROJECTS_DIR", str(REPO_ROOT / "dbt_projects"))),
         registry_dir=Path(env("DBT_PLATFORM_REGISTRY_DIR", str(state_dir / "registered_projects"))),
@@ -134,9 +141,11 @@ def get_settings() -> Settings:
         test_behavior=env("DBT_PLATFORM_TEST_BEHAVIOR", "build").lower(),
         watcher_poke_interval=float(env("DBT_PLATFORM_WATCHER_POKE_INTERVAL", "0.5")),
         schedule=None if schedule.lower() in {"none", "manual"} else schedule,
+        recovery_schedule=None if recovery.lower() in {"none", "manual"} else recovery,
         dbt_threads=int(env("DBT_PLATFORM_DBT_THREADS", "4")),
         fault_injection_enabled=env_bool("SAGA_FAULT_INJECTION", False),
         smtp_conn_id=env("DBT_PLATFORM_SMTP_CONN_ID", "smtp_default"),
+        airflow_api_conn_id=env("DBT_PLATFORM_AIRFLOW_API_CONN_ID", ""),
         saga_retry_delay_seconds=(
             float(os.environ["DBT_PLATFORM_SAGA_RETRY_DELAY_SECONDS"])
             if os.environ.get("DBT_PLATFORM_SAGA_RETRY_DELAY_SECONDS")

@@ -43,6 +43,7 @@ print("RESULT " + json.dumps({
             "retries": sorted({t.retries for t in dag.tasks if type(t).__name__ not in NO_RETRY_BY_DESIGN}),
             "catchup": dag.catchup,
             "n_tasks": len(dag.tasks),
+            "schedule": getattr(dag.timetable, "expression", None),
         }
         for dag_id, dag in bag.dags.items()
     },
@@ -105,3 +106,20 @@ def test_dag_has_tags_owner_retries_docs(isolated_dagbag, dag_id):
     assert all(dag["owners"]), f"{dag_id} has tasks without an owner"
     assert min(dag["retries"]) >= 1, f"{dag_id} has tasks without retries"
     assert dag["catchup"] is False
+
+
+def test_the_recovery_sweep_runs_every_ten_minutes_unless_switched_off(isolated_dagbag):
+    assert isolated_dagbag["dags"]["saga_recovery"]["schedule"] == "*/10 * * * *"
+    env = {**os.environ, "DBT_PLATFORM_RECOVERY_SCHEDULE": "none"}
+    code = (
+        "from airflow.dag_processing.dagbag import DagBag; import sys; "
+        "print('TIMETABLE', type(DagBag(dag_folder=sys.argv[1]).dags['saga_recovery'].timetable).__name__)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(DAGS_FOLDER / "saga_recovery.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "TIMETABLE NullTimetable" in result.stdout, result.stderr[-2000:]

@@ -25,6 +25,9 @@ LIVE_PROJECTS_DIR = TEST_ROOT / "live_projects"  # what the live scheduler's DAG
 LIVE_ENV = {
     "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
     "DBT_PLATFORM_SCHEDULE": "none",  # transformation DAGs of earlier sessions may be unpaused
+    # A test that triggers saga_recovery unpauses it; its schedule must not then race the failure
+    # callback that the whole-saga timeout test proves (the sweep is proven by its own tests).
+    "DBT_PLATFORM_RECOVERY_SCHEDULE": "none",
     "DBT_PLATFORM_EXECUTION_MODE": "triggerer",
     "DBT_PLATFORM_PROJECTS_DIR": str(LIVE_PROJECTS_DIR),
     "DBT_PLATFORM_SAGA_TIMEOUTS": json.dumps(LIVE_SAGA_TIMEOUTS),

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 from cosmos import DbtDag
 
+from include.dbt_platform.adapters.airflow_api import OWNER_PERMISSIONS
 from include.dbt_platform.config import Settings, get_settings
 from include.dbt_platform.transformations import cosmos_config
 from include.dbt_platform.transformations.assets import model_asset
@@ -81,6 +82,12 @@ def build_transformation_dag(project: DbtProject, settings: Settings | None = No
         # The run's root span, when it ends (the tasks' dbt invocations are its children).
         on_success_callback=run_ended,
         on_failure_callback=run_ended,
+        # An empty mapping still syncs: it revokes what an earlier DAG of the same name granted.
+        access_control=(
+            None
+            if project.access_roles is None
+            else {role: {k: set(v) for k, v in OWNER_PERMISSIONS.items()} for role in project.access_roles}
+        ),
         doc_md=dag_doc(project, behavior, source_freshness),
         tags=["dbt", "transformations", *project.tags],
         default_args={
