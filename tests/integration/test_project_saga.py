@@ -186,6 +186,8 @@ def test_permanent_fault_in_any_step_compensates_everything(saga_dag, step):
     steps = {s.step_name: s for s in journal().steps(saga_id)}
     assert steps[step].attempts == 1, "a permanent error is not retried"
     assert inventory() == before
+    # One trace, whose spans are the journal's: the failed step and every compensation that ran.
+    assert_trace_matches_journal(saga_id)
 
 
 @pytest.mark.parametrize("step", STEPS)
