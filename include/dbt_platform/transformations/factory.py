@@ -20,7 +20,7 @@ from include.dbt_platform.transformations.assets import model_asset
 from include.dbt_platform.transformations.dbt import guard_cosmos_runs
 from include.dbt_platform.transformations.failures import classify_cosmos_failures
 from include.dbt_platform.transformations.projects import DbtProject, DbtProjectError, discover
-from include.dbt_platform.transformations.tracing import run_ended, trace_cosmos_runs
+from include.dbt_platform.transformations.tracing import run_failed, run_succeeded, trace_cosmos_runs
 from include.dbt_platform.transformations.watcher import run_consumers_in_triggerer
 
 log = logging.getLogger(__name__)
@@ -80,8 +80,8 @@ def build_transformation_dag(project: DbtProject, settings: Settings | None = No
         catchup=False,
         max_active_runs=1,
         # The run's root span, when it ends (the tasks' dbt invocations are its children).
-        on_success_callback=run_ended,
-        on_failure_callback=run_ended,
+        on_success_callback=run_succeeded,
+        on_failure_callback=run_failed,
         # An empty mapping still syncs: it revokes what an earlier DAG of the same name granted.
         access_control=(
             None

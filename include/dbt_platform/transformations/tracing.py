@@ -159,26 +159,43 @@ def record_node(node_result: Any, trace_id: int, parent: int, project: str) -> N
     )
 
 
-def run_ended(context: dict) -> None:
-    """The DAG's success and failure callback: the run's root span, from its start to now."""
+def run_succeeded(context: dict) -> None:
+    """The DAG's success callback: the run's root span."""
+    run_ended(context, failed=False)
+
+
+def run_failed(context: dict) -> None:
+    """The DAG's failure callback: the run's root span, with an error."""
+    run_ended(context, failed=True)
+
+
+def run_ended(context: dict, *, failed: bool) -> None:
+    """The run's root span, from its start to its end (or now). The dag-processor runs DAG callbacks
+    with the run in the context when the run had a task; with only the DAG and the run id otherwise."""
     dag_run = context.get("dag_run")
-    if dag_run is None:
+    dag = context.get("dag")
+    dag_id = getattr(dag_run, "dag_id", None) or getattr(dag, "dag_id", None)
+    run_id = getattr(dag_run, "run_id", None) or context.get("run_id")
+    if not dag_id or not run_id:
         return
-    trace_id, root = run_ids(dag_run.dag_id, dag_run.run_id)
-    state = str(getattr(dag_run.state, "value", dag_run.state))
-    start = dag_run.start_date or dag_run.queued_at
+    trace_id, root = run_ids(dag_id, run_id)
+    start = getattr(dag_run, "start_date", None) or getattr(dag_run, "queued_at", None)
+    end = getattr(dag_run, "end_date", None)
+    state = "failed" if failed else "success"
     tracing.record_span(
-        f"dbt {dag_run.dag_id}",
+        f"dbt {dag_id}",
         trace_id=trace_id,
         span_id=root,
         start=start.timestamp() if start else time.time(),
-        end=dag_run.end_date.timestamp() if getattr(dag_run, "end_date", None) else time.time(),
+        end=end.timestamp() if end else time.time(),
         attributes={
-            "dbt_platform.project": dag_run.dag_id,
-            "airflow.dag_id": dag_run.dag_id,
-            "airflow.run_id": dag_run.run_id,
+            "dbt_platform.project": dag_id,
+            "airflow.dag_id": dag_id,
+            "airflow.run_id": run_id,
             "airflow.dag_run.state": state,
         },
-        error=("TransformationFailed", f"run {dag_run.run_id} {state}") if state == "failed" else None,
+        error=("TransformationFailed", f"run {run_id} failed: {context.get('reason') or ''}".strip(": "))
+        if failed
+        else None,
     )
     tracing.flush()
