@@ -1,5 +1,5 @@
 """The local stack's StatsD -> Prometheus exporter, with the project's mapping file, over real sockets:
-what the saga and Airflow send becomes the labelled metrics docs/operations.md lists."""
+what the saga and Airflow send becomes the labelled metrics docs/observability.md lists."""
 
 from __future__ import annotations
 

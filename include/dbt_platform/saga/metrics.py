@@ -13,7 +13,7 @@ facts go along as tags for backends that keep them. Durations are also in the jo
     dbt_platform.saga.<saga>.compensation.<step>.<compensated|failed>          counter
     dbt_platform.saga.<saga>.compensation.<step>.duration         timer (ms)
 
-``config/statsd_mapping.yml`` turns them into Prometheus metrics with labels (docs/operations.md).
+``config/statsd_mapping.yml`` turns them into Prometheus metrics with labels (docs/observability.md).
 The active gauge is read from the journal (a count, not a running sum), whenever a saga starts or
 ends and on every recovery sweep, so a lost datagram or a dead process never leaves it wrong.
 """
