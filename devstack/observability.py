@@ -33,6 +33,7 @@ MAPPING_FILE = REPO_ROOT / "config" / "statsd_mapping.yml"
 PORT_BASE = 50  # DBT_PLATFORM_PG_PORT + 50 .. + 69
 SLOTS = {0: 0, 100: 10}  # by the target's API port offset: the stack's Airflow, the tests'
 LINEAGE_NAMESPACE = "dbt-platform"
+PROMETHEUS_STARTS = 3
 
 
 @dataclass(frozen=True)
@@ -151,17 +152,24 @@ def observability_up(stack, target) -> ObservabilityPorts | None:
         home = target.home.parent / "prometheus"
         home.mkdir(parents=True, exist_ok=True)
         (home / "prometheus.yml").write_text(prometheus_config(ports))
-        _start(target, "prometheus", [
-            binary, f"--config.file={home / 'prometheus.yml'}", f"--storage.tsdb.path={home / 'data'}",
-            f"--web.listen-address=127.0.0.1:{ports.prometheus}", "--storage.tsdb.retention.time=2d",
-        ])  # fmt: skip
-        try:
-            _wait_for(
-                f"http://127.0.0.1:{ports.prometheus}/-/ready", alive=lambda: _pid(target, "prometheus")
-            )
-        except RuntimeError as exc:  # Prometheus is a convenience here: the metrics are on /metrics
-            print(f"warning: Prometheus did not start ({exc}); see {target.home / 'component-logs'}")
-            observability_down(target, only=("prometheus",))
+        # The stack's ports lie in Linux's ephemeral range: a client's outgoing connection can hold
+        # Prometheus' port for a moment (bind: address already in use). Such an exit is retried.
+        for attempt in range(1, PROMETHEUS_STARTS + 1):
+            _start(target, "prometheus", [
+                binary, f"--config.file={home / 'prometheus.yml'}", f"--storage.tsdb.path={home / 'data'}",
+                f"--web.listen-address=127.0.0.1:{ports.prometheus}", "--storage.tsdb.retention.time=2d",
+            ])  # fmt: skip
+            try:
+                _wait_for(
+                    f"http://127.0.0.1:{ports.prometheus}/-/ready", alive=lambda: _pid(target, "prometheus")
+                )
+                break
+            except RuntimeError as exc:  # Prometheus is a convenience here: the metrics are on /metrics
+                observability_down(target, only=("prometheus",))
+                if attempt == PROMETHEUS_STARTS or "exited" not in str(exc):
+                    print(f"warning: Prometheus did not start ({exc}); see {target.home / 'component-logs'}")
+                    break
+                time.sleep(2)
     return ports
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI
 from fastapi.requests import Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
@@ -110,9 +110,8 @@ def create_app() -> FastAPI:
             return notice(request, user, f"{name} is not a dbt project of this platform.", 404)
         docs = _docs_file(project)
         if not docs.exists():
-            raise HTTPException(
-                404, f"the dbt docs of {name} are not built yet (they are built with its manifest)"
-            )
+            message = f"The dbt docs of {name} are not built yet: they are built with its manifest."
+            return notice(request, user, message, 404)
         return FileResponse(
             docs,
             media_type="text/html",
