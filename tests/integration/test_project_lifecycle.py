@@ -176,6 +176,39 @@ def test_a_permanent_fault_in_a_lifecycle_saga_leaves_the_project_as_it_was(
     assert project_row(name) == ("ACTIVE", None), "the project is free again"
 
 
+@pytest.mark.parametrize("step", ROTATE_STEPS)
+def test_a_transient_fault_in_a_rotation_is_retried_and_the_rotation_completes(
+    dags, project_for_faults, step
+):
+    name = project_for_faults
+    old = stored_password(f"dbt_{name}_dev")
+    conf = {"project_name": name, "environments": ["dev"]}
+    conf["fault_injection"] = {"step": step, "mode": "transient", "times": 1}
+    run, states, saga_id = lifecycle(dags, ROTATE, conf)
+    assert run.state == "success", states
+    assert journal().get(saga_id).state == j.COMPLETED
+    assert journal().step(saga_id, step).attempts == 2
+    new = stored_password(f"dbt_{name}_dev")
+    assert new != old and can_login(f"{name}_dev_rw", new, f"dbt_{name}")
+    assert not can_login(f"{name}_dev_rw", old, f"dbt_{name}"), "the old password stops working"
+    assert project_row(name) == ("ACTIVE", None)
+
+
+def test_a_transient_fault_while_adding_an_environment_is_retried_without_a_second_copy(
+    dags, project_for_faults
+):
+    name = project_for_faults
+    conf = {"project_name": name, "environment": "prod"}
+    conf["fault_injection"] = {"step": "create_credentials", "mode": "transient", "times": 2}
+    run, states, saga_id = lifecycle(dags, ADD, conf)
+    assert run.state == "success", states
+    assert journal().step(saga_id, "create_credentials").attempts == 3
+    after = inventory()
+    assert [r for r in after["roles"] if r.startswith(f"{name}_prod")] == [f"{name}_prod_rw"]
+    assert [c for c in after["connections"] if c.startswith(f"dbt_{name}_prod")] == [f"dbt_{name}_prod"]
+    assert can_login(f"{name}_prod_rw", stored_password(f"dbt_{name}_prod"), f"dbt_{name}")
+
+
 @pytest.mark.parametrize("step", DECOMMISSION_STEPS)
 def test_decommission_undoes_a_fault_before_its_pivot_and_goes_forward_after_it(dags, step):
     name = uniq("dec")

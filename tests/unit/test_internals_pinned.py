@@ -1,0 +1,109 @@
+"""Every Cosmos and Airflow internal the platform relies on, pinned by name and shape.
+
+The triggerer mode subclasses Cosmos' private watcher classes and calls private helpers; the
+no-retry classification wraps one Cosmos function; the triggerer patch replaces two methods of
+Airflow's triggerer supervisor (pinned in ``tests/integration/test_triggerer_patch.py``, which checks
+the methods' source). Public APIs change with a deprecation; these do not, so an upgrade of Cosmos
+or Airflow must fail here, in CI, naming what to re-check, not in production.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import threading
+
+import airflow  # noqa: F401 - Cosmos imports in an order that needs Airflow loaded first
+import pytest
+
+# (module, attribute, parameters it must take) — None: only that it exists with that name.
+FUNCTIONS = [
+    # transformations/failures.py wraps it to classify results (no retry when it cannot help).
+    ("cosmos.dbt.runner", "handle_exception_if_needed", ["result"]),
+    # watcher/consumer.py builds the consumer's extra_context as Cosmos' own converter does.
+    ("cosmos.airflow.graph", "_get_dbt_dag_task_group_identifier", ["dag", "task_group"]),
+    # cosmos_config.py: which sources get a freshness check.
+    ("cosmos.dbt.graph", "is_freshness_effective", ["freshness"]),
+    # watcher/trigger.py reads the keys the producer writes.
+    ("cosmos.operators._watcher.state", "get_status_xcom_key", ["unique_id"]),
+    ("cosmos.operators._watcher.state", "get_dbt_event_xcom_key", None),
+    ("cosmos.operators._watcher.state", "is_dbt_node_status_failed", None),
+    ("cosmos.operators._watcher.state", "is_dbt_node_status_skipped", None),
+    ("cosmos.operators._watcher.state", "is_dbt_node_status_success", None),
+    ("cosmos.operators._watcher.aggregation", "get_tests_status_xcom_key", ["model_uid"]),
+]
+
+# (module, class, method, parameters) for what watcher/producer.py and watcher/trigger.py override.
+METHODS = [
+    ("cosmos.operators.watcher", "DbtProducerWatcherOperator", "run_dbt_runner",
+     ["self", "command", "env", "cwd", "kwargs"]),
+    ("cosmos.operators.watcher", "DbtProducerWatcherOperator", "_push_source_freshness_results",
+     ["self", "context"]),
+    ("cosmos.operators.watcher", "DbtProducerWatcherOperator", "_push_node_state_xcom",
+     ["self", "ti", "unique_id", "state"]),
+    ("cosmos.operators._watcher.triggerer", "WatcherTrigger", "__init__",
+     ["self", "model_unique_id", "producer_task_id", "dag_id", "run_id", "map_index", "poke_interval",
+      "is_test_sensor", "use_event"]),
+    ("cosmos.operators._watcher.triggerer", "WatcherTrigger", "get_xcom_val", ["self", "key"]),
+]  # fmt: skip
+
+# Enum-like members the trigger compares with or emits.
+MEMBERS = [
+    ("cosmos.operators._watcher.triggerer", "WatcherEventReason", {"NODE_FAILED", "PRODUCER_SKIPPED"}),
+    ("cosmos.operators._watcher.state", "ProducerTaskState", {"SUCCESS", "FAILED", "SKIPPED"}),
+    ("cosmos.operators._watcher.state", "DbtTestStatus", {"FAIL"}),
+    ("cosmos.operators._watcher.state", "DbtNodeStatus", {"FAILED"}),
+    ("cosmos.listeners.dag_run_listener", "EventStatus", {"FAILED", "SUCCESS"}),
+]
+
+
+def _get(module: str, name: str):
+    mod = importlib.import_module(module)
+    assert hasattr(mod, name), f"{module}.{name} is gone: re-check the code that uses it"
+    return getattr(mod, name)
+
+
+@pytest.mark.parametrize(("module", "name", "params"), FUNCTIONS, ids=[f"{m}.{n}" for m, n, _ in FUNCTIONS])
+def test_a_cosmos_function_we_call_keeps_its_name_and_parameters(module, name, params):
+    fn = _get(module, name)
+    assert callable(fn)
+    if params is not None:
+        assert list(inspect.signature(fn).parameters) == params, f"{module}.{name} changed its signature"
+
+
+@pytest.mark.parametrize(
+    ("module", "cls", "method", "params"), METHODS, ids=[f"{c}.{m}" for _, c, m, _ in METHODS]
+)
+def test_a_cosmos_method_we_override_keeps_its_name_and_parameters(module, cls, method, params):
+    klass = _get(module, cls)
+    assert method in vars(klass) or hasattr(klass, method), f"{cls}.{method} is gone"
+    assert list(inspect.signature(getattr(klass, method)).parameters) == params, f"{cls}.{method} changed"
+
+
+@pytest.mark.parametrize(("module", "name", "members"), MEMBERS, ids=[n for _, n, _ in MEMBERS])
+def test_the_states_the_trigger_compares_with_still_exist(module, name, members):
+    kind = _get(module, name)
+    have = set(getattr(kind, "__members__", None) or {k for k in vars(kind) if not k.startswith("_")})
+    assert members <= have, f"{module}.{name} lost {members - have}"
+
+
+def test_the_trigger_and_the_producer_still_fit_cosmos_watcher_classes():
+    from cosmos.operators._watcher.base import BaseConsumerSensor
+    from cosmos.operators._watcher.state import PRODUCER_FINAL_STATES, xcom_set_lock
+    from cosmos.operators._watcher.triggerer import WatcherTrigger
+    from cosmos.operators.watcher import DbtConsumerWatcherSensor
+
+    # The trigger's run() replaces Cosmos' async generator; the producer's recorder holds Cosmos' lock.
+    assert inspect.isasyncgenfunction(WatcherTrigger.run)
+    assert inspect.iscoroutinefunction(WatcherTrigger.get_xcom_val)
+    assert isinstance(xcom_set_lock, type(threading.Lock()))
+    assert PRODUCER_FINAL_STATES
+    # The consumers the triggerer mode finds are Cosmos' sensors with a model id.
+    assert issubclass(DbtConsumerWatcherSensor, BaseConsumerSensor)
+    assert "self.model_unique_id =" in inspect.getsource(BaseConsumerSensor.__init__)
+
+
+def test_render_config_still_takes_node_converters():
+    from cosmos.config import RenderConfig
+
+    assert "node_converters" in inspect.signature(RenderConfig).parameters
