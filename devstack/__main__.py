@@ -16,6 +16,7 @@ from devstack.airflow import (
     stop_airflow,
 )
 from devstack.demo import demo, demo_project_saga, describe
+from devstack.observability import observability_down
 from devstack.postgres import pg_is_running, pg_stop, pg_up
 from devstack.settings import StackError, admin_dsn, get_stack_settings
 
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
             print(describe(stack, target))
         elif args.command == "down":
             stop_airflow(stack, target)
+            observability_down(target)
             pg_stop(stack)
             print("Stopped Airflow and PostgreSQL.")
         elif args.command == "status":

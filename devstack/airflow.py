@@ -15,6 +15,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from devstack.observability import observability_env, observability_up
 from devstack.postgres import pg_up
 from devstack.settings import (
     AIRFLOW_USERS,
@@ -128,6 +129,7 @@ def airflow_env(stack: StackSettings, target: AirflowTarget) -> dict[str, str]:
         "AIRFLOW__WORKERS__SECRETS_BACKEND_KWARGS": backend_kwargs,
         "DBT_PLATFORM_STATE_DIR": str(target.state_dir),
         **TELEMETRY_OFF,
+        **observability_env(stack, target),  # metrics, lineage (devstack/observability.py)
     }
     if settings.fault_injection_enabled:
         env["SAGA_FAULT_INJECTION"] = "1"
@@ -390,6 +392,7 @@ def airflow_up(stack: StackSettings | None = None, target: AirflowTarget | None 
     pg_up(stack, (target.metadata_db, target.warehouse_db, target.platform_db))
     prepare_airflow_home(stack, target)
     migrate_metadata_db(stack, target)
+    observability_up(stack, target)
     start_airflow(stack, target)
     wait_healthy(stack, target)
     return target

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from devstack import observability
 from devstack.airflow import AirflowTarget
 from devstack.client import AirflowClient, client_for
 from devstack.settings import StackError, StackSettings, airflow_user_password_file
@@ -22,7 +23,7 @@ def describe(stack: StackSettings, target: AirflowTarget) -> str:
         f"Databases:    {target.metadata_db} (Airflow metadata), {target.warehouse_db} (dbt), "
         f"{target.platform_db} (saga journal)\n"
         f"PG data:      {stack.pg_data_dir}\n"
-        f"Logs:         {target.home / 'component-logs'}"
+        f"Logs:         {target.home / 'component-logs'}\n" + "\n".join(observability.describe(stack, target))
     )
 
 

@@ -85,3 +85,60 @@ def run_dag_test(dag):
     run = dag.test()
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     return run, states
+
+
+def lineage_events(dag_id: str, run_id: str) -> list[dict]:
+    """The OpenLineage events of one DAG run in the stack's lineage file (the provider's file
+    transport): the run's own and its tasks', found through the parent run the provider gives them."""
+    import json
+
+    from devstack.observability import lineage_file
+
+    path = lineage_file(TARGET)
+    events = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def parent_of(event: dict) -> str | None:
+        return ((event["run"].get("facets") or {}).get("parent") or {}).get("run", {}).get("runId")
+
+    runs = {
+        parent_of(e)
+        for e in events
+        if (e["run"].get("facets") or {}).get("airflow", {}).get("dagRun", {}).get("run_id") == run_id
+        and e["job"]["name"].startswith(f"{dag_id}.")
+    }
+    return [e for e in events if parent_of(e) in runs - {None}]
+
+
+def assert_model_lineage(events: list[dict], dag_id: str, models: dict[str, str]) -> None:
+    """Each model (name -> its task id) has a START and a COMPLETE event as its task's job, the
+    COMPLETE naming the model's table as its output and what it reads as inputs."""
+    for model, task_id in models.items():
+        mine = [e for e in events if e["job"]["name"] == f"{dag_id}.{task_id}"]
+        kinds = [e["eventType"] for e in mine]
+        assert kinds.count("START") == 1 and kinds.count("COMPLETE") == 1, (model, kinds)
+        (complete,) = [e for e in mine if e["eventType"] == "COMPLETE"]
+        outputs = [o["name"] for o in complete["outputs"]]
+        assert [o.rsplit(".", 1)[-1] for o in outputs] == [model], (model, outputs)
+        assert complete["inputs"], f"{model}: what it reads"
+        assert all(o["namespace"].startswith("postgres://127.0.0.1:") for o in complete["outputs"])
+
+
+def assert_run_trace(dag_id: str, run_id: str, models: list[str]) -> list[dict]:
+    """A transformation run is one trace in the platform's trace file: the run's root span, a span per
+    dbt invocation of its tasks under it, and a span per model dbt ran under its invocation."""
+    from include.dbt_platform.config import get_settings
+    from include.dbt_platform.observability.ids import hex_trace_id
+    from include.dbt_platform.observability.tracing import read_spans
+    from include.dbt_platform.transformations.tracing import run_ids
+
+    trace_id, root_id = run_ids(dag_id, run_id)
+    spans = [s for s in read_spans(get_settings().trace_file) if s["traceId"] == hex_trace_id(trace_id)]
+    (root,) = [s for s in spans if "parentSpanId" not in s]
+    assert root["name"] == f"dbt {dag_id}" and root["attributes"]["airflow.run_id"] == run_id
+    invocations = {s["spanId"]: s for s in spans if s.get("parentSpanId") == root["spanId"]}
+    assert invocations and all(s["name"].startswith("dbt ") for s in invocations.values()), spans
+    for model in models:
+        (span,) = [s for s in spans if s["name"] == f"model {model}"]
+        assert span["parentSpanId"] in invocations, (model, span)
+        assert span["attributes"]["dbt.node.status"] == "success"
+    return spans

@@ -126,3 +126,55 @@ def undo_completed_sagas() -> None:
     """Leave the test databases as found: compensate every saga the tests completed."""
     for saga in reversed(journal().find((j.COMPLETED,))):  # newest first: lifecycle sagas, then creation
         undo_saga(saga.saga_id)
+
+
+def saga_spans(saga_id: str) -> list[dict]:
+    """The spans of one saga in the platform's trace file, in the order they ended."""
+    from include.dbt_platform.observability.tracing import read_spans
+
+    spans = [s for s in read_spans(get_settings().trace_file) if s["attributes"].get("saga.id") == saga_id]
+    return sorted(spans, key=lambda s: int(s["endTimeUnixNano"]))
+
+
+def assert_trace_matches_journal(saga_id: str) -> list[dict]:
+    """The saga is one trace, under one root, whose spans are the journal's: a step span for every
+    step that began, an attempt span for each of its attempts, a compensation span for each time a
+    compensation ran; their parents and error classes as the journal has them. Returns the spans."""
+    from include.dbt_platform.observability.ids import hex_trace_id, saga_trace_id
+
+    spans = saga_spans(saga_id)
+    saga = journal().get(saga_id)
+    assert {s["traceId"] for s in spans} == {hex_trace_id(saga_trace_id(saga_id))}, "one trace per saga"
+    (root,) = [s for s in spans if "parentSpanId" not in s]
+    assert root["name"] == f"saga {saga.saga_name}" and root["attributes"]["saga.id"] == saga_id
+    assert root["attributes"]["dbt_platform.project"] == saga.request.get("project_name")
+    redrives = {s["spanId"] for s in spans if s["name"] == "re-drive"}
+    assert all(s["parentSpanId"] == root["spanId"] for s in spans if s["name"] == "re-drive")
+    with admin(TARGET.platform_db) as conn:
+        rows = query(
+            conn,
+            "select step_name, state, attempts, compensation_attempts, error from saga.steps "
+            "where saga_id = %s order by position",
+            (saga_id,),
+        )
+    for step, state, attempts, compensations, error in rows:
+        step_spans = [s for s in spans if s["name"] == f"step {step}"]
+        tries = [s for s in spans if s["name"].startswith(f"{step} attempt ")]
+        undos = [s for s in spans if s["name"] == f"compensate {step}"]
+        assert len(step_spans) == (1 if attempts else 0), (step, state, [s["name"] for s in spans])
+        assert len(tries) == attempts, (step, attempts, [s["name"] for s in tries])
+        assert len(undos) == compensations, (step, compensations, len(undos))
+        for span in step_spans:
+            assert span["parentSpanId"] == root["spanId"]
+        for span in tries:
+            assert span["parentSpanId"] == step_spans[0]["spanId"]
+        for span in undos:
+            assert span["parentSpanId"] in {root["spanId"], *redrives}
+        if state == j.STEP_FAILED and error and error.split(":")[0].isidentifier():
+            assert step_spans[0]["attributes"]["error.type"] == error.split(":")[0], "its error class"
+    final_undos = {s["name"].removeprefix("compensate "): s["attributes"]["saga.outcome"] for s in spans
+                   if s["name"].startswith("compensate ")}  # fmt: skip
+    assert final_undos == {r[0]: "compensated" for r in rows if r[1] == j.STEP_COMPENSATED} | {
+        r[0]: "compensation_failed" for r in rows if r[1] == j.COMPENSATION_FAILED
+    }, "the last run of each compensation ended as the journal says"
+    return spans

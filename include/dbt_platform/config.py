@@ -102,6 +102,8 @@ class Settings:
     saga_pool: str
     saga_pool_slots: int
     sagas_per_requester: int
+    # Where the platform's OpenTelemetry spans are written (OTLP/JSON lines); None: not to a file.
+    trace_file: Path | None
 
     @property
     def repositories_dir(self) -> Path:
@@ -163,10 +165,15 @@ def get_settings() -> Settings:
         saga_pool=env("DBT_PLATFORM_SAGA_POOL", "sagas"),
         saga_pool_slots=int(env("DBT_PLATFORM_SAGA_POOL_SLOTS", "16")),
         sagas_per_requester=int(env("DBT_PLATFORM_SAGAS_PER_REQUESTER", "4")),
+        trace_file=_optional_path(env("DBT_PLATFORM_TRACE_FILE", str(state_dir / "traces" / "spans.jsonl"))),
         adoptable_databases=frozenset(
             name.strip() for name in env("DBT_PLATFORM_ADOPTABLE_DATABASES", "").split(",") if name.strip()
         ),
     )
+
+
+def _optional_path(value: str) -> Path | None:
+    return None if value.lower() in {"off", "none", "false", "0"} else Path(value)
 
 
 def _saga_timeouts() -> dict[str, float]:

@@ -57,6 +57,9 @@ def isolated_dagbag() -> dict:
         **os.environ,
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql+psycopg2://nobody:nothing@127.0.0.1:1/none",
         "DBT_PLATFORM_EXECUTION_MODE": "triggerer",  # what deployments run (tests elsewhere use local)
+        # Airflow's own StatsD client (UDP to the exporter, set up on its first metric) is not the DAG
+        # files' doing, and sends no matter what they do: off here, so the test sees only theirs.
+        "AIRFLOW__METRICS__STATSD_ON": "False",
     }
     result = subprocess.run(
         [sys.executable, "-c", IMPORT_WITHOUT_NETWORK, str(DAGS_FOLDER)],

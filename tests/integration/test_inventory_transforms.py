@@ -8,7 +8,15 @@ import pytest
 
 from include.dbt_platform.transformations.factory import build_transformation_dag
 from include.dbt_platform.transformations.projects import load_project
-from tests.harness import build_manifest, copy_project, query, run_dag_test
+from tests.harness import (
+    assert_model_lineage,
+    assert_run_trace,
+    build_manifest,
+    copy_project,
+    lineage_events,
+    query,
+    run_dag_test,
+)
 
 MODELS = ["stg_users", "stg_applications", "fct_users", "fct_applications"]
 
@@ -31,6 +39,19 @@ def test_inventory_transforms_builds_the_marts(projects_dir: Path, warehouse):
     assert len(detached) == 3 and all(states[t] == "success" for t in detached), states
     retried = {ti.task_id: ti.try_number for ti in run.get_task_instances() if ti.try_number != 1}
     assert not retried, f"no task may need a retry on the happy path: {retried}"
+    # Lineage (OpenLineage provider, file transport): a START and a COMPLETE for every model's task,
+    # with the model's table as output (Cosmos reports it from dbt's artefacts).
+    events = lineage_events(dag.dag_id, run.run_id)
+    assert_model_lineage(events, dag.dag_id, {m: f"{m}_model_build" for m in MODELS})
+    (complete,) = [
+        e
+        for e in events
+        if e["job"]["name"].endswith("fct_users_model_build") and e["eventType"] == "COMPLETE"
+    ]
+    assert {i["name"].rsplit(".", 1)[-1] for i in complete["inputs"]} >= {"stg_users", "stg_applications"}
+    # Tracing: the run is one trace, with a span per task's dbt invocation and per model dbt ran.
+    spans = assert_run_trace(dag.dag_id, run.run_id, MODELS)
+    assert {s["name"] for s in spans} >= {"dbt build", "seed raw_users", "test app_owner_exists"}
 
     assert query(warehouse, f"select count(*) from {schema}.fct_users") == [(12,)]
     assert query(warehouse, f"select count(*) from {schema}.fct_applications") == [(10,)]

@@ -26,6 +26,7 @@ from tests.harness import STACK, TARGET, query
 from tests.saga_support import (
     BAD_REQUESTS,
     admin,
+    assert_trace_matches_journal,
     inventory,
     journal,
     request,
@@ -185,6 +186,8 @@ def test_permanent_fault_in_any_step_compensates_everything(saga_dag, step):
     steps = {s.step_name: s for s in journal().steps(saga_id)}
     assert steps[step].attempts == 1, "a permanent error is not retried"
     assert inventory() == before
+    # One trace, whose spans are the journal's: the failed step and every compensation that ran.
+    assert_trace_matches_journal(saga_id)
 
 
 @pytest.mark.parametrize("step", STEPS)
@@ -424,6 +427,24 @@ def test_failing_compensation_leaves_saga_failed_alerted_and_redrivable(saga_dag
     assert journal().get(saga_id).state == j.COMPENSATED
     assert journal().step(saga_id, "setup_repository").state == j.STEP_COMPENSATED
     assert inventory() == before
+
+    # Its trace: one, its spans the journal's, the failed compensation and its re-drive included.
+    spans = assert_trace_matches_journal(saga_id)
+    (root,) = [s for s in spans if s["name"] == "saga dbt_project_create"]
+    assert root["attributes"]["saga.state"] == j.FAILED, "the root ended when the saga first did"
+    assert root["attributes"]["error.type"] == "PermanentError"
+    (redrive,) = [s for s in spans if s["name"] == "re-drive"]
+    assert redrive["attributes"]["saga.state"] == j.COMPENSATED
+    undo_repository = [s for s in spans if s["name"] == "compensate setup_repository"]
+    *failed_tries, redriven = undo_repository  # the compensate task's tries, then the re-drive's
+    assert [s["attributes"]["saga.outcome"] for s in failed_tries] == ["compensation_failed"] * len(
+        failed_tries
+    )
+    assert {s["parentSpanId"] for s in failed_tries} == {root["spanId"]}
+    assert (
+        redriven["parentSpanId"] == redrive["spanId"]
+        and redriven["attributes"]["saga.outcome"] == "compensated"
+    )
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -7,6 +7,7 @@ repositories, registered projects, secret files) before and after where somethin
 
 from __future__ import annotations
 
+import email
 import json
 import threading
 import time
@@ -290,16 +291,27 @@ def test_a_mail_server_hiccup_is_retried_and_only_a_rejection_compensates(
     before = inventory()
     with smtp_server(refuse_sessions=refused, refusal=refusal) as server:
         port = server.server_address[1]
-        monkeypatch.setenv(
-            "AIRFLOW_CONN_SMTP_TEST", json.dumps({"conn_type": "smtp", "host": "127.0.0.1", "port": port})
-        )
+        # A plaintext relay on loopback, as an operator would declare it for SmtpNotifier; the
+        # hook's own in-session retries off (the saga retries, classified).
+        extra = {
+            "disable_ssl": True,
+            "disable_tls": True,
+            "retry_limit": 0,
+            "from_email": "platform@example.com",
+        }
+        conn = {"conn_type": "smtp", "host": "127.0.0.1", "port": port, "extra": extra}
+        monkeypatch.setenv("AIRFLOW_CONN_SMTP_TEST", json.dumps(conn))
         monkeypatch.setenv("DBT_PLATFORM_SMTP_CONN_ID", "smtp_test")
         run, states, saga_id = run_saga(saga_dag, request(uniq("mail"), environments=["dev"]))
     assert journal().get(saga_id).state == outcome, states
     step = journal().step(saga_id, "notify_owner")
     if outcome == j.COMPLETED:
         assert run.state == "success" and step.attempts == refused + 1
-        assert len(server.received) == 1 and "is ready" in server.received[0]
+        (raw,) = server.received
+        mail = email.message_from_string(raw)
+        assert mail["From"] == "platform@example.com" and mail["Subject"].endswith("is ready")
+        (part,) = [p for p in mail.walk() if p.get_content_type() == "text/html"]
+        assert "is ready" in part.get_payload(decode=True).decode(), "sent by SmtpNotifier as HTML"
     else:
         assert run.state == "failed" and step.attempts == 1, "a definitive rejection is not retried"
         assert "550" in step.error

@@ -16,6 +16,7 @@ from devstack.airflow import (
     wait_healthy,
 )
 from devstack.client import AirflowClient, client_for
+from devstack.observability import observability_down, observability_up
 from devstack.postgres import pg_up
 from devstack.settings import admin_dsn
 from include.dbt_platform.config import REPO_ROOT
@@ -51,9 +52,12 @@ def live_airflow(database) -> Iterator[AirflowClient]:
         shipped, LIVE_PROJECTS_DIR / shipped.name, ignore=shutil.ignore_patterns("target", "logs")
     )
     build_manifest(LIVE_PROJECTS_DIR / shipped.name)
-    start_airflow(STACK, LIVE_TARGET, extra_env=LIVE_ENV)
+    observability_down(LIVE_TARGET)  # an aborted session's exporter holds last session's counters
     try:
+        observability_up(STACK, LIVE_TARGET)
+        start_airflow(STACK, LIVE_TARGET, extra_env=LIVE_ENV)
         wait_healthy(STACK, LIVE_TARGET)
         yield client_for(STACK, LIVE_TARGET)
     finally:
         stop_airflow(STACK, LIVE_TARGET)
+        observability_down(LIVE_TARGET)

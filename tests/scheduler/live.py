@@ -22,7 +22,6 @@ LIVE_SAGA_TIMEOUTS = {
     **{s.name: LIVE_STEP_TIMEOUT for s in definition().steps if s.name != "register_transformations"},
 }
 LIVE_PROJECTS_DIR = TEST_ROOT / "live_projects"  # what the live scheduler's DAG factory reads
-LIVE_STATSD_PORT = TARGET.api_port + 25  # the metrics test listens here (UDP, loopback)
 LIVE_ENV = {
     "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
     "DBT_PLATFORM_SCHEDULE": "none",  # transformation DAGs of earlier sessions may be unpaused
@@ -34,11 +33,9 @@ LIVE_ENV = {
     "DBT_PLATFORM_SAGA_TIMEOUTS": json.dumps(LIVE_SAGA_TIMEOUTS),
     # The fault matrices trigger up to 16 sagas at once, all as one user.
     "DBT_PLATFORM_SAGAS_PER_REQUESTER": "32",
-    "AIRFLOW__METRICS__STATSD_ON": "True",
-    "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
-    "AIRFLOW__METRICS__STATSD_PORT": str(LIVE_STATSD_PORT),
-    "AIRFLOW__METRICS__STATSD_PREFIX": "airflow",
 }
+# Metrics (StatsD -> the stack's exporter -> Prometheus), lineage and traces: as the stack's own
+# Airflow has them (devstack/observability.py), on the test target's ports.
 
 # Its own metadata database: a scheduler sharing airflow_test would pick up the runs dag.test()
 # creates there and execute their tasks itself, with this environment.

@@ -5,8 +5,9 @@ The API: no token is 401 (a page sends the browser to Airflow's login), the read
 but may not re-drive (403, nothing journaled), and the list answers in under a second with 10,000
 sagas in the journal. The browser (Debian's chromium, driven by Playwright): log in through Airflow's
 login page, open Sagas from the nav bar, read a COMPLETED and a COMPENSATED saga step by step, open a
-saga from its DAG run's "Saga" tab, and re-drive a FAILED one (a compensation failed for good by fault
-injection) until it ends COMPENSATED. Screenshots of every page go to ``.local/test/screenshots/``.
+saga from its DAG run's "Saga" tab, re-drive a FAILED one (a compensation failed for good by fault
+injection) until it ends COMPENSATED, and open the dbt docs of the project a saga created (served
+behind the same authentication: plugins/dbt_docs.py). Screenshots of every page go to ``.local/test/screenshots/``.
 """
 
 from __future__ import annotations
@@ -191,6 +192,34 @@ def test_a_dag_run_leads_to_its_saga(client, sagas):
     assert status == 303, "the run's Saga tab opens its saga's page"
     status, _, page = fetch("GET", "/sagas/runs/inventory_transforms/scheduled__x", token=client.token)
     assert status == 200 and "drove no saga" in page, page
+
+
+def test_a_projects_dbt_docs_are_served_behind_auth_saga_created_ones_too(client, sagas):
+    """dbt docs per project (plugins/dbt_docs.py): the bundled project and the one the COMPLETED saga
+    created are listed with their docs; nothing without a token; a project of another owner is 403."""
+    created = journal().get(sagas[j.COMPLETED]).request["project_name"]
+    status, _, body = fetch("GET", "/dbt-docs/api/projects")
+    assert status == 401, body
+    status, headers, _ = fetch("GET", f"/dbt-docs/{created}/")
+    assert status == 303 and urlsplit(headers["Location"]).path.rstrip("/") == "/auth/login"
+
+    status, listed = client.call("GET", "/dbt-docs/api/projects")
+    assert status == 200, listed
+    entries = {e["project"]: e for e in listed["projects"]}
+    assert {created, "inventory_transforms"} <= set(entries), sorted(entries)
+    assert entries[created]["links"]["docs"] == f"/dbt-docs/{created}/" and entries[created]["docs_built_at"]
+    status, headers, page = fetch("GET", f"/dbt-docs/{created}/", token=client.token)
+    assert status == 200, page
+    assert headers["Content-Type"].startswith("text/html") and "<title>dbt Docs</title>" in page
+    assert f"model.{created}.platform_heartbeat" in page, "its own manifest is inside"
+    status, _, page = fetch("GET", f"/dbt-docs/{DAG_ID}/", token=client.token)
+    assert status == 404 and "not a dbt project" in page, "the DAG tab of a DAG that is not a project"
+
+    requester = client_for(STACK, LIVE_TARGET, "requester")
+    status, _, page = fetch("GET", f"/dbt-docs/{created}/", token=requester.token)
+    assert status == 403 and "may not read" in page, (status, page[:200])
+    status, listed = requester.call("GET", "/dbt-docs/api/projects")
+    assert status == 200 and created not in {e["project"] for e in listed["projects"]}
 
 
 SEED_PREFIX = "console_seed__"
@@ -410,3 +439,22 @@ def test_a_failed_saga_is_redriven_from_the_page_and_ends_compensated(page, clie
     assert status == 200, run
     assert run["conf"] == {"saga_id": failed}
     assert run["triggering_user_name"] == "admin" and run["state"] == "success", run
+
+
+def test_a_projects_dbt_docs_open_from_the_nav_bar(page, sagas):
+    from playwright.sync_api import expect
+
+    created = journal().get(sagas[j.COMPLETED]).request["project_name"]
+    page.goto(f"{BASE}/")
+    page.get_by_role("link", name="dbt docs").click()
+    page.wait_for_url("**/plugin/dbt-docs**")
+    frame = console_frame(page, "dbt docs")
+    expect(frame.locator(f"tr[data-project='{created}']")).to_contain_text(created)
+    expect(frame.locator("tr[data-project='inventory_transforms'] a.project")).to_be_visible()
+    shoot(page, "dbt-docs-list")
+
+    frame.locator(f"tr[data-project='{created}'] a.project").click()
+    # dbt's own docs site, in the same frame: its project tree names the project's models.
+    expect(frame.locator("body")).to_contain_text(created, timeout=60_000)
+    expect(frame.locator("body")).to_contain_text("platform_heartbeat")
+    shoot(page, "dbt-docs-project")

@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-import threading
 import time
+import urllib.parse
+import urllib.request
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
 import pytest
 
+from devstack.observability import ports_for, prometheus_binary, prometheus_running
 from include.dbt_platform.project_creation import definition as project_saga
 from include.dbt_platform.saga import journal as j
-from tests.harness import build_manifest, wait_for
+from tests.harness import STACK, build_manifest, wait_for
 from tests.saga_support import admin, inventory, journal, request, undo_completed_sagas, uniq
-from tests.scheduler.live import LIVE_SAGA_TIMEOUTS, LIVE_STATSD_PORT
+from tests.scheduler.live import LIVE_SAGA_TIMEOUTS, LIVE_TARGET
 
 DAG_ID = "dbt_project_create"
 ALL_STEPS = [s.name for s in project_saga.definition().steps]
@@ -75,42 +76,62 @@ def test_rest_trigger_completes_and_a_reused_run_id_is_refused(client):
     assert status == 400, body
 
 
-def test_step_and_saga_durations_and_outcomes_are_emitted_as_metrics(client):
-    # Airflow's StatsD client (configured in LIVE_ENV) sends to this loopback UDP port. The scheduler
-    # sends many metrics too, so a thread drains the socket while the saga runs.
-    received: list[str] = []
-    stop = threading.Event()
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", LIVE_STATSD_PORT))
-        sock.settimeout(0.2)
+def scrape(url: str) -> dict[str, float]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
 
-        def drain() -> None:
-            while not stop.is_set():
-                try:
-                    received.extend(sock.recv(65535).decode(errors="replace").splitlines())
-                except TimeoutError:
-                    continue
 
-        reader = threading.Thread(target=drain, daemon=True)
-        reader.start()
-        try:
-            fault = {"step": "notify_owner", "mode": "permanent"}
-            run_id, saga_id = trigger(client, request(uniq("live_metrics"), fault_injection=fault))
-            client.wait_for_run(DAG_ID, run_id, timeout=300)
-            wait_for_saga(saga_id, {j.COMPENSATED})
-            time.sleep(2)
-        finally:
-            stop.set()
-            reader.join()
-    names = {line.split(":")[0] for line in received}
-    prefix = "airflow.dbt_platform.saga.dbt_project_create"
-    assert f"{prefix}.step.provision_database.succeeded" in names
-    assert f"{prefix}.step.provision_database.duration" in names
-    assert f"{prefix}.step.notify_owner.failed" in names
-    assert f"{prefix}.compensated" in names
-    assert f"{prefix}.duration" in names
-    timing = next(m for m in received if m.startswith(f"{prefix}.step.provision_database.duration:"))
-    assert timing.endswith("|ms") and float(timing.split(":")[1].split("|")[0]) > 0
+def test_saga_counters_move_on_the_metrics_endpoint_and_in_prometheus(client):
+    """Airflow's StatsD (in every task process) -> the stack's exporter -> /metrics, with labels."""
+    ports = ports_for(STACK, LIVE_TARGET)
+    metrics_url = f"http://127.0.0.1:{ports.exporter}/metrics"
+    saga = 'saga="dbt_project_create"'
+    started = f"dbt_platform_sagas_started_total{{{saga}}}"
+    compensated = f'dbt_platform_sagas_finished_total{{{saga},state="compensated"}}'
+    provisioned = f'dbt_platform_saga_steps_total{{outcome="succeeded",{saga},step="provision_database"}}'
+    rejected = f'dbt_platform_saga_steps_total{{outcome="failed",{saga},step="notify_owner"}}'
+    undone = (
+        f'dbt_platform_saga_compensations_total{{outcome="compensated",{saga},step="provision_database"}}'
+    )
+    step_time = f'dbt_platform_saga_step_duration_seconds_count{{{saga},step="provision_database"}}'
+    before = scrape(metrics_url)
+
+    fault = {"step": "notify_owner", "mode": "permanent"}
+    run_id, saga_id = trigger(client, request(uniq("live_metrics"), fault_injection=fault))
+    client.wait_for_run(DAG_ID, run_id, timeout=300)
+    wait_for_saga(saga_id, {j.COMPENSATED})
+
+    def moved():
+        now = scrape(metrics_url)
+        return now if now.get(compensated, 0) > before.get(compensated, 0) else None
+
+    after = wait_for(moved, 30, "the compensated counter to move")
+    for name in (started, compensated, provisioned, rejected, undone, step_time):
+        assert after.get(name, 0) >= before.get(name, 0) + 1, name
+    assert after[f"dbt_platform_saga_duration_seconds_count{{{saga}}}"] >= 1
+    assert f"dbt_platform_sagas_active{{{saga}}}" in after, "the gauge of sagas going now"
+    assert any(k.startswith("airflow_ti_finish_total{") for k in after), "Airflow's own metrics too"
+
+    if not prometheus_binary():
+        pytest.skip("Prometheus is not installed (apt-get install prometheus; .ci/run does): not scraped")
+    if not prometheus_running(LIVE_TARGET):
+        pytest.fail(
+            "Prometheus is installed but did not start: see its log in the live Airflow's component-logs"
+        )
+
+    def in_prometheus():
+        query = urllib.parse.quote(compensated)
+        url = f"http://127.0.0.1:{ports.prometheus}/api/v1/query?query={query}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            result = json.loads(response.read())["data"]["result"]
+        return result and float(result[0]["value"][1]) >= after[compensated]
+
+    wait_for(in_prometheus, 30, "Prometheus to scrape the compensated counter")
 
 
 @dataclass

@@ -17,11 +17,21 @@ from pathlib import Path
 import pytest
 
 from devstack.airflow import AIRFLOW_COMPONENTS, COMPONENT_NICENESS, component_pid
-from tests.harness import STACK, query, wait_for
+from tests.harness import STACK, assert_model_lineage, assert_run_trace, lineage_events, query, wait_for
 from tests.scheduler.live import LIVE_PROJECTS_DIR, LIVE_TARGET
 
 DAG_ID = "inventory_transforms"
 FLAKY = "flaky_transforms"
+
+
+def _has_root_span(dag_id: str, run: str) -> bool:
+    from include.dbt_platform.config import get_settings
+    from include.dbt_platform.observability.tracing import read_spans
+
+    return any(
+        s["name"] == f"dbt {dag_id}" and s["attributes"].get("airflow.run_id") == run
+        for s in read_spans(get_settings().trace_file)
+    )
 
 
 def run_id() -> str:
@@ -60,6 +70,18 @@ def test_every_node_runs_in_the_triggerer_and_the_marts_start_the_downstream_dag
     assert all(not ti["hostname"] and ti["try_number"] == 1 for ti in nodes.values())
     assert tis["dbt_producer_watcher"]["hostname"], "the build itself ran on a worker"
     assert query(warehouse, "select count(*) from inventory_transforms.fct_users")[0][0] == 12
+    # Lineage: each model's task has its START and COMPLETE, with the model's table as its output,
+    # though the task ended in the triggerer (the build emits them: transformations/lineage.py).
+    models = ("stg_users", "stg_applications", "fct_users", "fct_applications")
+    assert_model_lineage(lineage_events(DAG_ID, run), DAG_ID, {m: f"{m}_model_build" for m in models})
+    # Tracing: the run is one trace; the build's dbt invocation has a span per model. The root span
+    # is written by the DAG's success callback, which the dag-processor runs soon after.
+    wait_for(lambda: _has_root_span(DAG_ID, run), 120, "the run's root span in the trace file")
+    spans = assert_run_trace(DAG_ID, run, list(models))
+    assert any(
+        s["name"] == "dbt build" and s["attributes"]["airflow.task_id"] == "dbt_producer_watcher"
+        for s in spans
+    )
     # The stack's triggerer is the project's launcher: each node's task went to its trigger runner
     # alone, not with the whole DAG (include/dbt_platform/runtime/triggerer.py).
     _, dag_run = client.request("GET", f"/dags/{DAG_ID}/dagRuns/{run}")

@@ -58,6 +58,10 @@ class FakeJournal:
         self.log.append((saga_id, None, f"saga_{state.lower()}"))
         return True
 
+    def active_count(self, saga_name):
+        going = (j.PENDING, j.EXECUTING, j.COMPENSATING)
+        return sum(1 for s in self.sagas.values() if s.saga_name == saga_name and s.state in going)
+
     def find(self, states):
         return [s for s in self.sagas.values() if s.state in states]
 
@@ -76,7 +80,10 @@ class FakeJournal:
         allowed = (j.PENDING, j.EXECUTING, *((j.STEP_FAILED,) if restart_failed else ()))
         if self.sagas[saga_id].state != j.EXECUTING or record.state not in allowed:
             return False
-        self._update(saga_id, step, "step_started", state=j.EXECUTING, attempts=max(record.attempts, attempt))
+        self._update(
+            saga_id, step, "step_started", state=j.EXECUTING, attempts=max(record.attempts, attempt),
+            started_at=record.started_at or datetime.now(UTC),
+        )  # fmt: skip
         return True
 
     def step_progress(self, saga_id, step, result):

@@ -141,3 +141,23 @@ def test_the_triggerer_is_stock_and_finds_the_patch_in_the_plugins_folder(compos
     assert any(v.endswith("/plugins:/opt/airflow/plugins") for v in service["volumes"])
     assert "/opt/airflow" in service["environment"]["PYTHONPATH"].split(":")
     assert (REPO_ROOT / "plugins" / "airflow_local_settings.py").exists()
+
+
+def test_metrics_and_lineage_are_switched_on(compose):
+    """StatsD to the statsd-exporter service (the mapping the local stack reads too), Prometheus
+    scraping it, OpenLineage to a file in the shared state volume."""
+    services = compose["services"]
+    for name, svc in airflow_services(compose).items():
+        env = svc["environment"]
+        assert env["AIRFLOW__METRICS__STATSD_ON"] == "true", name
+        assert env["AIRFLOW__METRICS__STATSD_HOST"] == "statsd-exporter", name
+        transport = json.loads(env["AIRFLOW__OPENLINEAGE__TRANSPORT"])
+        assert transport["type"] == "file" and transport["log_file_path"].startswith("/opt/airflow/state/")
+    exporter = services["statsd-exporter"]
+    assert exporter["image"].startswith("prom/statsd-exporter:")
+    mapping = next(v for v in exporter["volumes"] if v.endswith(":ro") and "statsd_mapping.yml" in v)
+    assert (REPO_ROOT / mapping.split(":")[0]).exists()
+    assert f"--statsd.mapping-config={mount_target(mapping)}" in exporter["command"]
+    prometheus = yaml.safe_load((REPO_ROOT / "config" / "prometheus.yml").read_text())
+    (targets,) = [c["static_configs"][0]["targets"] for c in prometheus["scrape_configs"]]
+    assert targets == ["statsd-exporter:9102"]

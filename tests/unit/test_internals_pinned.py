@@ -20,6 +20,9 @@ import pytest
 FUNCTIONS = [
     # transformations/failures.py wraps it to classify results (no retry when it cannot help).
     ("cosmos.dbt.runner", "handle_exception_if_needed", ["result"]),
+    # transformations/dbt.py (secrets guard) and transformations/tracing.py (a span per dbt
+    # invocation) wrap the one call every Cosmos operator makes into dbt.
+    ("cosmos.dbt.runner", "run_command", ["command", "env", "cwd", "callbacks", "kwargs"]),
     # watcher/consumer.py builds the consumer's extra_context as Cosmos' own converter does.
     ("cosmos.airflow.graph", "_get_dbt_dag_task_group_identifier", ["dag", "task_group"]),
     # cosmos_config.py: which sources get a freshness check.

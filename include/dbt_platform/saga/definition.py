@@ -99,9 +99,14 @@ class SagaDefinition:
 
 class SagaLogAdapter(logging.LoggerAdapter):
     def process(self, msg, kwargs):
-        return f"[saga={self.extra['saga_id']}] {msg}", kwargs
+        return f"[saga={self.extra['saga_id']} trace={self.extra['trace_id']}] {msg}", kwargs
 
 
 def saga_logger(saga_id: str, logger: logging.Logger | None = None) -> logging.LoggerAdapter:
-    """A logger whose lines carry the saga id."""
-    return SagaLogAdapter(logger or logging.getLogger("include.dbt_platform.saga"), {"saga_id": saga_id})
+    """A logger whose lines carry the saga id and the id of the saga's trace (:mod:`.tracing`)."""
+    from include.dbt_platform.observability.ids import hex_trace_id, saga_trace_id
+
+    return SagaLogAdapter(
+        logger or logging.getLogger("include.dbt_platform.saga"),
+        {"saga_id": saga_id, "trace_id": hex_trace_id(saga_trace_id(saga_id))},
+    )

@@ -25,6 +25,7 @@ from include.dbt_platform import boundaries
 from include.dbt_platform.errors import TransientError, Unavailable, classify
 from include.dbt_platform.saga import journal as j
 from include.dbt_platform.saga import metrics
+from include.dbt_platform.saga import tracing as spans
 from include.dbt_platform.saga.definition import SagaDefinition, Step, StepContext, saga_logger
 from include.dbt_platform.saga.faults import FaultInjector
 
@@ -61,6 +62,21 @@ def _public_request(params: dict) -> dict:
 
 def _injector(definition: SagaDefinition, params: dict) -> FaultInjector:
     return FaultInjector(params.get("fault_injection"), definition.fault_injection_enabled())
+
+
+def _ended(
+    definition: SagaDefinition, journal: j.Journal, saga: j.SagaRecord, state: str, *, redrive
+) -> None:
+    """A saga reached an end: its metrics (outcome, duration, how many are still going) and its root
+    span, or, for a re-drive (``redrive``: ``(span id, start)``), the re-drive's span."""
+    metrics.saga_finished(definition.name, state, saga.created_at)
+    metrics.report_active(definition.name, journal)
+    now = time.time()
+    if redrive:
+        spans.redrive(definition.name, saga.saga_id, saga.request, redrive[0], redrive[1], now, state)
+    else:
+        cause = journal.get(saga.saga_id).first_cause if state != j.COMPLETED else None
+        spans.saga_ended(definition.name, saga.saga_id, saga.request, saga.created_at, now, state, cause)
 
 
 def requester_of(context: dict) -> str | None:
@@ -109,16 +125,24 @@ def run_step(definition: SagaDefinition, step: Step, context: dict) -> None:
         if begun.kind == "duplicate":
             slog.info("idempotency key already used by saga %s: creating nothing", begun.saga.saga_id)
             raise AirflowSkipException(f"duplicate of saga {begun.saga.saga_id}")
+        if begun.kind == "new":
+            metrics.saga_started(definition.name)
+            metrics.report_active(definition.name, journal)
     try:
         with journal.fence(saga_id, FENCE_WAIT_SECONDS):
-            _run_fenced(definition, step, journal, saga_id, context["ti"].try_number, params, slog)
+            _run_fenced(
+                definition, step, journal, saga_id, context["ti"].try_number, params, slog,
+                spans.task_attributes(context),
+            )  # fmt: skip
     except TransientError as exc:  # the fence was busy, or the journal unreachable
         from airflow.sdk.exceptions import AirflowException
 
         raise AirflowException(f"{step.name}: {exc} (will retry)") from None
+    finally:
+        spans.flush()
 
 
-def _run_fenced(definition, step, journal, saga_id, attempt, params, slog) -> None:
+def _run_fenced(definition, step, journal, saga_id, attempt, params, slog, task=None) -> None:
     from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowTaskTimeout
 
     saga = journal.get(saga_id)
@@ -132,7 +156,21 @@ def _run_fenced(definition, step, journal, saga_id, attempt, params, slog) -> No
     if not journal.step_started(saga_id, step.name, attempt):
         raise AirflowFailException(f"saga {saga_id}: {step.name} can no longer start")
     fault = _injector(definition, params)
-    started = time.monotonic()
+    started, wall = time.monotonic(), time.time()
+
+    def traced(outcome: str, error=None, final: bool = False) -> None:
+        now = time.time()
+        spans.attempt(
+            definition.name, saga_id, saga.request, step.name, attempt, wall, now,
+            error=error, outcome=outcome, task=task,
+        )  # fmt: skip
+        if final:
+            first = journal.step(saga_id, step.name).started_at
+            spans.step(
+                definition.name, saga_id, saga.request, step.name, first, now,
+                attempts=attempt, error=error, outcome=outcome,
+            )  # fmt: skip
+
     try:
         ctx = _context_for(
             definition, journal, saga_id, definition.parse_request(saga.request), step, attempt, fault
@@ -145,6 +183,7 @@ def _run_fenced(definition, step, journal, saga_id, attempt, params, slog) -> No
         final = attempt > step.retry.retries
         journal.step_failed(saga_id, step.name, f"timed out after {step.timeout}", final=final)
         metrics.step_finished(definition.name, step.name, "timeout", time.monotonic() - started)
+        traced("timeout", ("AirflowTaskTimeout", f"timed out after {step.timeout}"), final)
         raise
     except Exception as exc:
         err = classify(exc)
@@ -159,6 +198,7 @@ def _run_fenced(definition, step, journal, saga_id, attempt, params, slog) -> No
             journal.release_idempotency_key(saga_id)  # rejected before anything was made
         outcome = "failed" if final else "retry"
         metrics.step_finished(definition.name, step.name, outcome, time.monotonic() - started)
+        traced(outcome, err, final)
         slog.error("step %s failed (%s, attempt %s): %s", step.name, type(err).__name__, attempt, err)
         if not err.retryable:
             raise AirflowFailException(f"{step.name}: {err}") from None
@@ -166,6 +206,7 @@ def _run_fenced(definition, step, journal, saga_id, attempt, params, slog) -> No
     if not journal.step_succeeded(saga_id, step.name, result):
         raise AirflowFailException(f"saga {saga_id} moved on while {step.name} ran; its result is not kept")
     metrics.step_finished(definition.name, step.name, "succeeded", time.monotonic() - started)
+    traced("succeeded", final=True)
     slog.info("step %s succeeded in %.2fs", step.name, time.monotonic() - started)
 
 
@@ -176,12 +217,14 @@ def past_pivot(definition: SagaDefinition, journal: j.Journal, saga_id: str) -> 
     return journal.step(saga_id, definition.pivot).state == j.SUCCEEDED
 
 
-def finish_forward(definition: SagaDefinition, journal: j.Journal, saga: j.SagaRecord) -> None:
+def finish_forward(
+    definition: SagaDefinition, journal: j.Journal, saga: j.SagaRecord, redrive: tuple | None = None
+) -> None:
     """Complete a saga whose steps all took effect (idempotent: the hook and the state move are)."""
     if definition.on_completed:
         definition.on_completed(saga.saga_id, definition.parse_request(saga.request))
     if journal.set_state(saga.saga_id, j.COMPLETED, only_from=(j.EXECUTING, j.COMPENSATING)):
-        metrics.saga_finished(definition.name, j.COMPLETED, saga.created_at)
+        _ended(definition, journal, saga, j.COMPLETED, redrive=redrive)
 
 
 def go_forward(
@@ -193,7 +236,8 @@ def go_forward(
     Returns what failed; on the final attempt a failure leaves the saga FAILED and alerted (a re-drive
     goes forward again)."""
     slog = saga_logger(saga.saga_id)
-    if saga.state == j.FAILED:  # a re-drive
+    redrive = (spans.new_span_id(), time.time()) if saga.state == j.FAILED else None
+    if redrive:
         journal.set_state(saga.saga_id, j.EXECUTING, "re-driven forward", only_from=(j.FAILED,))
     request = None
     after = definition.steps[[s.name for s in definition.steps].index(definition.pivot) + 1 :]
@@ -203,6 +247,7 @@ def go_forward(
             continue
         attempt = record.attempts + 1
         journal.step_started(saga.saga_id, step.name, attempt, restart_failed=True)
+        wall = time.time()
         try:
             if request is None:
                 request = definition.parse_request(saga.request)
@@ -214,20 +259,36 @@ def go_forward(
         except Exception as exc:
             err = classify(exc)
             journal.step_failed(saga.saga_id, step.name, f"{type(err).__name__}: {err}", final=final_attempt)
+            _forward_spans(definition, journal, saga, step.name, attempt, wall, err, final_attempt)
             slog.error("going forward, %s failed (%s): %s", step.name, type(err).__name__, err)
             failure = f"{step.name}: {err}"
             if final_attempt:
                 journal.set_state(
                     saga.saga_id, j.FAILED, f"going forward failed: {failure}", only_from=(j.EXECUTING,)
                 )
-                metrics.saga_finished(definition.name, j.FAILED, saga.created_at)
+                _ended(definition, journal, saga, j.FAILED, redrive=redrive)
                 if definition.on_alert:
                     definition.on_alert(journal.get(saga.saga_id), [failure])
             return [failure]
         journal.step_succeeded(saga.saga_id, step.name, result)
+        _forward_spans(definition, journal, saga, step.name, attempt, wall, None, True)
         slog.info("going forward, %s succeeded", step.name)
-    finish_forward(definition, journal, journal.get(saga.saga_id))
+    finish_forward(definition, journal, journal.get(saga.saga_id), redrive)
     return []
+
+
+def _forward_spans(definition, journal, saga, step_name, attempt, wall, err, final) -> None:
+    outcome = "succeeded" if err is None else ("failed" if final else "retry")
+    now = time.time()
+    spans.attempt(
+        definition.name, saga.saga_id, saga.request, step_name, attempt, wall, now, error=err, outcome=outcome
+    )
+    if final:
+        first = journal.step(saga.saga_id, step_name).started_at
+        spans.step(
+            definition.name, saga.saga_id, saga.request, step_name, first, now,
+            attempts=attempt, error=err, outcome=outcome,
+        )  # fmt: skip
 
 
 def complete_saga(definition: SagaDefinition, context: dict) -> None:
@@ -277,10 +338,17 @@ def compensate_saga(
             return go_forward(definition, journal, saga, final_attempt=final_attempt)
         records = {s.step_name: s for s in journal.steps(saga_id)}
         unfinished = [s.step_name for s in records.values() if s.state == j.EXECUTING]
+        redrive = (spans.new_span_id(), time.time()) if saga.state == j.FAILED else None
+        parent = redrive[0] if redrive else spans.root_span_id(saga_id)
         if unfinished:  # began, and nothing recorded its end: its task process died or was killed
             journal.record_first_cause(
                 saga_id, f"{unfinished[-1]}: did not finish (its task process ended: {reason})"
             )
+            for name in unfinished:  # the step's span, which its own process could not end
+                spans.step(
+                    definition.name, saga_id, saga.request, name, records[name].started_at, time.time(),
+                    attempts=records[name].attempts, error=("DidNotFinish", reason), outcome="did_not_finish",
+                )  # fmt: skip
         journal.record_first_cause(saga_id, reason)
         journal.set_state(saga_id, j.COMPENSATING, reason, only_from=(j.EXECUTING, j.COMPENSATING, j.FAILED))
         failures: list[str] = []
@@ -290,6 +358,7 @@ def compensate_saga(
             if step.compensate is None or record.state in (j.PENDING, j.STEP_COMPENSATED):
                 continue
             journal.compensation_state(saga_id, step.name, j.STEP_COMPENSATING)
+            began, wall = time.monotonic(), time.time()
             try:
                 if request is None:
                     request = definition.parse_request(saga.request)
@@ -308,16 +377,22 @@ def compensate_saga(
                 slog.error("compensation of %s failed: %s", step.name, err)
                 failures.append(f"{step.name}: {err}")
             else:
+                err = None
                 journal.compensation_state(saga_id, step.name, j.STEP_COMPENSATED)
                 slog.info("compensated %s", step.name)
+            outcome = "failed" if err else "compensated"
+            metrics.compensation_finished(definition.name, step.name, outcome, time.monotonic() - began)
+            spans.compensation(
+                definition.name, saga_id, saga.request, step.name, wall, time.time(), parent=parent, error=err
+            )
         if not failures:
             journal.set_state(saga_id, j.COMPENSATED, only_from=(j.COMPENSATING,))
-            metrics.saga_finished(definition.name, j.COMPENSATED, saga.created_at)
+            _ended(definition, journal, saga, j.COMPENSATED, redrive=redrive)
         elif final_attempt:
             journal.set_state(
                 saga_id, j.FAILED, "compensation failed: " + "; ".join(failures), only_from=(j.COMPENSATING,)
             )
-            metrics.saga_finished(definition.name, j.FAILED, saga.created_at)
+            _ended(definition, journal, saga, j.FAILED, redrive=redrive)
             if definition.on_alert:
                 definition.on_alert(journal.get(saga_id), failures)
         return failures
@@ -329,13 +404,16 @@ def compensate_task(definition: SagaDefinition, context: dict) -> None:
     _, _, saga_id = _ids(context)
     ti = context["ti"]
     final = ti.try_number > (ti.task.retries or 0)
-    failures = compensate_saga(
-        definition,
-        saga_id,
-        final_attempt=final,
-        reason="a forward step failed",
-        fault=_injector(definition, dict(context["params"])),
-    )
+    try:
+        failures = compensate_saga(
+            definition,
+            saga_id,
+            final_attempt=final,
+            reason="a forward step failed",
+            fault=_injector(definition, dict(context["params"])),
+        )
+    finally:
+        spans.flush()
     if failures:
         raise AirflowException(f"{len(failures)} compensation(s) failed: {failures}")
 

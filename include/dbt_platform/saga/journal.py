@@ -198,6 +198,15 @@ class Journal:
                 self._event(cur, saga_id, f"saga_{state.lower()}", detail={"error": error} if error else None)
             return moved
 
+    def active_count(self, saga_name: str) -> int:
+        """How many sagas of ``saga_name`` are going now (EXECUTING or COMPENSATING)."""
+        with self._tx() as cur:
+            cur.execute(
+                "select count(*) as n from saga.sagas where saga_name = %s and state = any(%s)",
+                (saga_name, [PENDING, EXECUTING, COMPENSATING]),
+            )
+            return cur.fetchone()["n"]
+
     def find(self, states: tuple[str, ...]) -> list[SagaRecord]:
         with self._tx() as cur:
             cur.execute(
@@ -211,7 +220,7 @@ class Journal:
     def steps(self, saga_id: str) -> list[StepRecord]:
         with self._tx() as cur:
             cur.execute(
-                "select step_name, position, state, attempts, result, error from saga.steps "
+                "select step_name, position, state, attempts, result, error, started_at from saga.steps "
                 "where saga_id = %s order by position",
                 (saga_id,),
             )

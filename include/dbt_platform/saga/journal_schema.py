@@ -149,6 +149,7 @@ class StepRecord:
     attempts: int
     result: dict | None
     error: str | None
+    started_at: datetime | None = None  # the first attempt's start
 
 
 @dataclass(frozen=True)

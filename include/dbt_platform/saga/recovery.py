@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 from include.dbt_platform.errors import TransientError
 from include.dbt_platform.saga import journal as j
+from include.dbt_platform.saga import metrics
 from include.dbt_platform.saga.definition import SagaDefinition
 from include.dbt_platform.saga.engine import FENCE_WAIT_SECONDS, compensate_saga
 
@@ -110,6 +111,7 @@ def recover_sagas(
             log.exception("[saga=%s] recovery failed; the next sweep tries again", saga.saga_id)
             done[saga.saga_id] = f"not finished: {type(exc).__name__}: {exc}"
         log.info("[saga=%s] recovery: %s", saga.saga_id, done[saga.saga_id])
+    metrics.report_active(definition.name, journal)  # every sweep corrects the gauge
     return done
 
 

@@ -2,16 +2,19 @@
 
     projects.py       discovery: what a project is, ``platform.yml`` (read and written only here)
     dbt.py            the one way the platform runs dbt itself (manifests, warehouse_setup)
-    manifests.py      ``dbt deps`` (declared packages) + ``dbt parse`` -> ``target/manifest.json``
-                      (``make manifests``)
+    manifests.py      ``dbt deps`` (declared packages) + ``dbt parse`` -> ``target/manifest.json``,
+                      and the project's dbt docs (``target/static_index.html``) (``make manifests``)
     failures.py       why a dbt run failed and whether a retry can help (no retry when not)
     cosmos_config.py  every Cosmos configuration object, built in one place
     factory.py        the DAG factory (``dags/transformations.py``) and the import-error report
     assets.py         stable Airflow assets per model, for data-aware scheduling
     marts_report.py   what the example downstream DAG computes
+    lineage.py        OpenLineage events per model in the triggerer mode (LOCAL: the provider's own)
+    tracing.py        one OpenTelemetry trace per run: the run, each dbt invocation, each node
     watcher/          the ``triggerer`` execution mode (the default): one dbt build, node tasks in
                       the triggerer
 
-It imports :mod:`include.dbt_platform.config`, :mod:`include.dbt_platform.errors`, the Postgres
+It imports :mod:`include.dbt_platform.config`, :mod:`include.dbt_platform.errors`,
+:mod:`include.dbt_platform.observability`, the Postgres
 adapter, Cosmos, dbt and Airflow.
 """

@@ -20,6 +20,7 @@ from include.dbt_platform.transformations.assets import model_asset
 from include.dbt_platform.transformations.dbt import guard_cosmos_runs
 from include.dbt_platform.transformations.failures import classify_cosmos_failures
 from include.dbt_platform.transformations.projects import DbtProject, DbtProjectError, discover
+from include.dbt_platform.transformations.tracing import run_failed, run_succeeded, trace_cosmos_runs
 from include.dbt_platform.transformations.watcher import run_consumers_in_triggerer
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 guard_cosmos_runs()
 # ... and fails without retry when retrying cannot help (a failed test, an error in the SQL).
 classify_cosmos_failures()
+# ... and is a span of its run's trace, with a span per dbt node (transformations/tracing.py).
+trace_cosmos_runs()
 
 START_DATE = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -76,6 +79,9 @@ def build_transformation_dag(project: DbtProject, settings: Settings | None = No
         start_date=START_DATE,
         catchup=False,
         max_active_runs=1,
+        # The run's root span, when it ends (the tasks' dbt invocations are its children).
+        on_success_callback=run_succeeded,
+        on_failure_callback=run_failed,
         # An empty mapping still syncs: it revokes what an earlier DAG of the same name granted.
         access_control=(
             None

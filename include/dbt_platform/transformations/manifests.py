@@ -10,12 +10,19 @@ task's temporary copy of the project; tasks never run ``dbt deps``). Local (``lo
 (``git:``) packages install offline; the dbt package hub (``package:``) cannot be reached from the
 platform, so such a project is refused before dbt tries, naming the package.
 
+The project's dbt docs are generated with it (``dbt docs generate --static``: one self-contained
+``target/static_index.html``, served per project in Airflow's UI by ``plugins/dbt_docs.py``). They
+are built from the manifest alone, without the warehouse (``--no-compile --empty-catalog``): models,
+sources, tests, descriptions, columns as documented and the lineage graph; no column types or row
+counts read from the database. A docs build that fails is reported and leaves the manifest in place.
+
     python -m include.dbt_platform.transformations.manifests            # every project
     python -m include.dbt_platform.transformations.manifests PATH ...   # the named project folders
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -30,6 +37,8 @@ from include.dbt_platform.transformations.projects import (
     project_dirs,
 )
 
+log = logging.getLogger(__name__)
+DOCS_FILE = "static_index.html"
 # Where dbt reads a project's package list from (dbt refuses a project that has both).
 PACKAGE_FILES = ("packages.yml", "dependencies.yml")
 
@@ -51,9 +60,25 @@ def build_manifest(project_dir: Path) -> Path:
         outcome = dbt.run(
             project, ["parse", "--no-partial-parse", "--quiet", "--log-level-file", "none"], profile
         )
-    if not outcome.success:
-        raise DbtProjectError(f"dbt parse failed for '{project.name}' ({project.path}):\n{outcome.error}")
+        if not outcome.success:
+            raise DbtProjectError(f"dbt parse failed for '{project.name}' ({project.path}):\n{outcome.error}")
+        build_docs(project, profile)
     return project.manifest_path
+
+
+def docs_path(project: DbtProject) -> Path:
+    """The project's dbt docs: one HTML file with its manifest and catalog inside."""
+    return project.manifest_path.parent / DOCS_FILE
+
+
+def build_docs(project: DbtProject, profile: dbt.Profile) -> Path | None:
+    """``dbt docs generate`` from the manifest just parsed, without the warehouse; None if it failed."""
+    args = ["docs", "generate", "--no-compile", "--empty-catalog", "--static", "--quiet"]
+    outcome = dbt.run(project, [*args, "--log-level-file", "none"], profile)
+    if not outcome.success or not docs_path(project).exists():
+        log.warning("dbt docs generate failed for '%s' (%s): %s", project.name, project.path, outcome.error)
+        return None
+    return docs_path(project)
 
 
 def declared_packages(project: DbtProject) -> list[dict]:

@@ -9,6 +9,8 @@ from typing import Any
 from cosmos.operators._watcher.state import DbtNodeStatus, xcom_set_lock
 from cosmos.operators.watcher import DbtProducerWatcherOperator
 
+from include.dbt_platform.transformations import lineage
+
 log = logging.getLogger(__name__)
 AGGREGATE_XCOM_KEY = "dbt_platform_node_results"
 CHUNK_COUNT_XCOM_KEY = f"{AGGREGATE_XCOM_KEY}_chunks"
@@ -96,11 +98,22 @@ class AggregatingProducerOperator(DbtProducerWatcherOperator):
 
     def execute(self, context: Any, **kwargs: Any) -> Any:
         self._recorder = _RecordingTaskInstance(context["ti"])
+        self._dbt_lineage: dict = {}
         try:
             return super().execute(context, **kwargs)
         finally:
             recorder, self._recorder = self._recorder, None
             recorder.close()
+            # Each model's own OpenLineage events: its task ends in the triggerer, where no
+            # listener runs (transformations/lineage.py).
+            lineage.emit_node_events(self.dag, context, self._dbt_lineage.get("events"))
+
+    def calculate_openlineage_events_completes(self, env, project_dir, dbt_command_line=None) -> bool:
+        base = super()._get_dbt_local_artifact_processor()
+        if base is not None and hasattr(self, "_dbt_lineage"):
+            capturing = lineage.capturing_processor(base, self._dbt_lineage)
+            self._get_dbt_local_artifact_processor = lambda: capturing  # this call's processor
+        return super().calculate_openlineage_events_completes(env, project_dir, dbt_command_line)
 
     def run_dbt_runner(self, command: list[str], env: dict[str, str], cwd: str, **kwargs: Any) -> Any:
         context = kwargs.get("context")
