@@ -28,7 +28,6 @@ from devstack.settings import (
     role_password,
     stored_secret,
 )
-from include.dbt_platform.adapters.secrets import ConnectionStore
 from include.dbt_platform.config import REPO_ROOT, get_settings
 
 AIRFLOW_COMPONENTS = {
@@ -59,10 +58,21 @@ class AirflowTarget:
     platform_db: str
     api_port: int
     state_dir: Path
+    # Its share of the stack's secrets manager and git server: a KV mount and an org of its own
+    # (the stack's: "airflow" and "platform"; an isolated target's: named after it).
+    namespace: str = ""
 
     @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def secrets_mount(self) -> str:
+        return f"airflow_{self.namespace}" if self.namespace else "airflow"
+
+    @property
+    def git_org(self) -> str:
+        return self.namespace or "platform"
 
 
 def isolated_target(stack: StackSettings, name: str, port_offset: int) -> AirflowTarget:
@@ -75,6 +85,7 @@ def isolated_target(stack: StackSettings, name: str, port_offset: int) -> Airflo
         platform_db=f"platform_{name}",
         api_port=stack.airflow_port + port_offset,
         state_dir=root / "state",
+        namespace=name,
     )
 
 
@@ -89,17 +100,60 @@ def default_target(stack: StackSettings) -> AirflowTarget:
     )
 
 
+VAULT_BACKEND = "airflow.providers.hashicorp.secrets.vault.VaultBackend"
+
+
+def secrets_backend_kwargs(stack: StackSettings, target: AirflowTarget) -> dict:
+    """``VaultBackend``'s settings: OpenBao on loopback, the target's mount, and the path of a token
+    that may only read (never the token itself: nothing secret in the environment)."""
+    from devstack.openbao import token_file
+
+    return {
+        "url": stack.openbao_url,
+        "auth_type": "token",
+        "token_path": str(token_file(stack, target.secrets_mount)),
+        "mount_point": target.secrets_mount,
+        "connections_path": "connections",
+        "variables_path": "variables",
+        "config_path": None,
+    }
+
+
+def dag_bundles(stack: StackSettings, target: AirflowTarget) -> list[dict]:
+    """The DAG bundles: the platform's own DAG files (this repository's dags/), and the registered
+    projects, a versioned git bundle on the git server (every worker checks out the commit a run was
+    parsed from; include/dbt_platform/transformations/bundle.py)."""
+    from include.dbt_platform.transformations import bundle
+
+    return [
+        {
+            "name": "dags-folder",
+            "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+            "kwargs": {},
+        },
+        {
+            "name": bundle.BUNDLE_NAME,
+            "classpath": "airflow.providers.git.bundles.git.GitDagBundle",
+            "kwargs": {
+                "git_conn_id": get_settings().git_conn_id,
+                "repo_url": f"{stack.git_url}/{target.git_org}/{bundle.REPOSITORY}.git",
+                "tracking_ref": "main",
+                "refresh_interval": 30,
+            },
+        },
+    ]
+
+
 def airflow_env(stack: StackSettings, target: AirflowTarget) -> dict[str, str]:
     """The environment every Airflow component (and the tests) run with: settings, never secrets.
 
-    Secrets live in files only the stack's user can read: the metadata database's DSN and the JWT
-    secret in ``$AIRFLOW_HOME/airflow.cfg`` (0600), the platform's and the saga's connections in the
-    secrets backend's file (0600). So no process of the stack, and above all no dbt run, finds a
-    password or a DSN in its environment.
+    Secrets live where only the stack's user can read them: the metadata database's DSN and the JWT
+    secret in ``$AIRFLOW_HOME/airflow.cfg`` (0600), every connection (the platform's and the sagas')
+    in OpenBao, whose read-only token is a 0600 file under ``.local/secrets/openbao/``. So no process
+    of the stack, and above all no dbt run, finds a password or a DSN in its environment.
     """
     settings = get_settings()
-    connections_file = target.state_dir / "secrets" / "connections.json"
-    backend_kwargs = json.dumps({"connections_file_path": str(connections_file)})
+    backend_kwargs = json.dumps(secrets_backend_kwargs(stack, target))
     env = {
         "AIRFLOW_HOME": str(target.home),
         "AIRFLOW_CONFIG": str(target.home / "airflow.cfg"),
@@ -120,11 +174,14 @@ def airflow_env(stack: StackSettings, target: AirflowTarget) -> dict[str, str]:
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
         "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(target.api_port + 10),
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(target.api_port + 11),
-        # Connections (the platform's and the saga's) live in a file-based secrets backend (0600).
-        "AIRFLOW__SECRETS__BACKEND": "airflow.secrets.local_filesystem.LocalFilesystemBackend",
+        # Connections (the platform's and the sagas') live in OpenBao, read through VaultBackend.
+        "AIRFLOW__SECRETS__BACKEND": VAULT_BACKEND,
         "AIRFLOW__SECRETS__BACKEND_KWARGS": backend_kwargs,
-        "AIRFLOW__WORKERS__SECRETS_BACKEND": "airflow.secrets.local_filesystem.LocalFilesystemBackend",
+        "AIRFLOW__WORKERS__SECRETS_BACKEND": VAULT_BACKEND,
         "AIRFLOW__WORKERS__SECRETS_BACKEND_KWARGS": backend_kwargs,
+        # The registered projects come from the git server; each component keeps its own checkouts.
+        "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps(dag_bundles(stack, target)),
+        "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_STORAGE_PATH": str(target.home / "dag_bundles"),
         "DBT_PLATFORM_STATE_DIR": str(target.state_dir),
         **TELEMETRY_OFF,
     }
@@ -167,8 +224,8 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def write_airflow_config(stack: StackSettings, target: AirflowTarget) -> None:
-    """``airflow.cfg`` (0600) with the secrets Airflow's own processes need, and the connections file
-    with the platform's own connections. Writes files only: nothing needs to run yet."""
+    """``airflow.cfg`` (0600) with the secrets Airflow's own processes need. Writes one file only:
+    nothing needs to run yet (the tests write it before Airflow is first imported)."""
     metadata_role = role_for(target.metadata_db) or "postgres"
     metadata_password = (
         role_password(stack, metadata_role) if role_for(target.metadata_db) else pg_password(stack)
@@ -183,32 +240,53 @@ def write_airflow_config(stack: StackSettings, target: AirflowTarget) -> None:
     buffer = io.StringIO()
     config.write(buffer)
     _write_private(target.home / "airflow.cfg", buffer.getvalue())
-    connections = target.state_dir / "secrets" / "connections.json"
-    connections.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(connections.parent, 0o700)
+
+
+def prepare_services(stack: StackSettings, target: AirflowTarget) -> None:
+    """OpenBao and the git server up; the target's secrets mount, policies and tokens; the platform's
+    own connections in OpenBao (written with the administrator's token: the sagas' token cannot);
+    what an older stack kept under ``.local/`` moved there once; the registered-projects bundle."""
+    from devstack.git_server import git_password, git_up
+    from devstack.migrate import migrate_local_state
+    from devstack.openbao import bao_up, ensure_namespace
+    from include.dbt_platform.adapters.git import LoopbackGitServer
+    from include.dbt_platform.transformations import bundle
+
     settings = get_settings()
-    store = ConnectionStore(connections)
+    git_up(stack)
+    root = bao_up(stack)
+    store, saga_token = ensure_namespace(stack, root, target.secrets_mount, settings.secrets_conn_id)
+    host = LoopbackGitServer(f"{stack.git_url}/{target.git_org}", "dbt-platform", git_password(stack))
+    connections = {
+        settings.secrets_conn_id: {
+            "conn_type": "vault", "host": "127.0.0.1", "port": stack.openbao_port,
+            "schema": target.secrets_mount, "password": saga_token,
+            "extra": {"auth_type": "token", "kv_engine_version": 2},
+        },
+        settings.git_conn_id: {
+            "conn_type": "git", "host": f"{stack.git_url}/{target.git_org}", "login": "dbt-platform",
+            "password": git_password(stack), "extra": {"provider": "loopback"},
+        },
+    }  # fmt: skip
     for conn_id, database in (
         (settings.platform_conn_id, target.platform_db),
         (settings.warehouse_conn_id, target.warehouse_db),
     ):
         role = role_for(database)
-        store.set_platform_connection(
-            conn_id,
-            {
-                "conn_type": "postgres",
-                "host": "127.0.0.1",
-                "port": stack.pg_port,
-                "login": role,
-                "password": role_password(stack, role),
-                "schema": database,
-            },
-        )
+        connections[conn_id] = {
+            "conn_type": "postgres", "host": "127.0.0.1", "port": stack.pg_port, "login": role,
+            "password": role_password(stack, role), "schema": database,
+        }  # fmt: skip
+    for conn_id, entry in connections.items():
+        store.set_platform_connection(conn_id, entry)
+    bundle.ensure(host)
+    migrate_local_state(target.state_dir, store, host)
 
 
 def prepare_airflow_home(stack: StackSettings, target: AirflowTarget) -> None:
     target.home.mkdir(parents=True, exist_ok=True)
     write_airflow_config(stack, target)
+    prepare_services(stack, target)
 
 
 def airflow_bin() -> str:
