@@ -19,7 +19,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import textwrap
 import urllib.error
 import urllib.request
 from base64 import b64encode
@@ -249,41 +248,6 @@ def update(url: str, host: GitHost, change: Callable[[Path], str | None], attemp
 
 
 # ---------------------------------------------------------------------------- a project's repository
-
-
-def scaffold(project_name: str, owner: str, description: str) -> dict[str, str]:
-    """The files of a new dbt project: one staging-style model with tests, documented."""
-    return {
-        "dbt_project.yml": textwrap.dedent(f"""\
-            name: {project_name}
-            version: "1.0.0"
-            config-version: 2
-            profile: {project_name}
-            model-paths: ["models"]
-            models:
-              {project_name}:
-                +materialized: view
-            """),
-        "models/example/platform_heartbeat.sql": textwrap.dedent("""\
-            -- Replace with your models. This one proves the project builds with its own credentials.
-            with source as (
-                select 1 as heartbeat_id, current_user as built_by
-            )
-            select * from source
-            """),
-        "models/example/_example__models.yml": textwrap.dedent("""\
-            version: 2
-            models:
-              - name: platform_heartbeat
-                description: A one-row model written by the platform's scaffold.
-                columns:
-                  - name: heartbeat_id
-                    description: Always 1.
-                    data_tests: [unique, not_null]
-            """),
-        "README.md": f"# {project_name}\n\n{description or 'A dbt project.'}\n\nOwner: {owner}\n",
-        ".gitignore": "target/\nlogs/\ndbt_packages/\n",
-    }
 
 
 def publish_repository(

@@ -21,6 +21,7 @@ from include.dbt_platform.boundaries import boundary
 from include.dbt_platform.config import get_settings
 from include.dbt_platform.errors import RequestInvalid
 from include.dbt_platform.project_creation.request import ENVIRONMENTS, ProjectRequest
+from include.dbt_platform.project_creation.scaffold import scaffold
 from include.dbt_platform.saga.definition import StepContext
 from include.dbt_platform.saga.journal import Journal, SagaRecord
 
@@ -113,7 +114,7 @@ def drop_environments(ctx: StepContext) -> None:
 
 def setup_repository(ctx: StepContext) -> dict:
     req: ProjectRequest = ctx.request
-    files = git.scaffold(req.project_name, req.owner, req.description)
+    files = scaffold(req.project_name, req.owner, req.description)
     repository, commit = git.publish_repository(git.git_host(), req.project_name, files, ctx.saga_id)
     return {"repository": repository.clone_url, "commit": commit}
 

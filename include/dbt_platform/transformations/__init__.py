@@ -6,12 +6,15 @@
                       (``make manifests``)
     failures.py       why a dbt run failed and whether a retry can help (no retry when not)
     cosmos_config.py  every Cosmos configuration object, built in one place
-    factory.py        the DAG factory (``dags/transformations.py``) and the import-error report
+    factory.py        the DAG factory (``dags/transformations.py``, the bundle's ``registered_projects.py``)
+                      and the import-error report
+    bundle.py         the registered-projects bundle on the git server (its DAG files: bundle_files/)
+    sync.py           pushes take effect: a project's newest commit deployed into the bundle
     assets.py         stable Airflow assets per model, for data-aware scheduling
     marts_report.py   what the example downstream DAG computes
     watcher/          the ``triggerer`` execution mode (the default): one dbt build, node tasks in
                       the triggerer
 
-It imports :mod:`include.dbt_platform.config`, :mod:`include.dbt_platform.errors`, the Postgres
-adapter, Cosmos, dbt and Airflow.
+It imports :mod:`include.dbt_platform.config`, :mod:`include.dbt_platform.errors`, the Postgres and
+git adapters, Cosmos, dbt and Airflow.
 """
