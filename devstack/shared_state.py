@@ -8,14 +8,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from devstack.settings import StackSettings, role_for, role_password
-from include.dbt_platform.config import get_settings
+from devstack.settings import StackSettings, airflow_user_password, role_for, role_password
+from include.dbt_platform.config import PLATFORM_USER, get_settings
 
 if TYPE_CHECKING:
     from devstack.airflow import AirflowTarget
 
 
 VAULT_BACKEND = "airflow.providers.hashicorp.secrets.vault.VaultBackend"
+# The connection of the platform's service account (include/dbt_platform/adapters/airflow_api.py).
+# Components started here run with it set; dag.test() in the tests, with no api-server, without.
+AIRFLOW_API_CONN_ID = "dbt_platform_airflow_api"
 
 
 def secrets_backend_kwargs(stack: StackSettings, target: AirflowTarget) -> dict:
@@ -62,7 +65,9 @@ def dag_bundles(stack: StackSettings, target: AirflowTarget) -> list[dict]:
 def prepare_services(stack: StackSettings, target: AirflowTarget) -> None:
     """OpenBao and the git server up; the target's secrets mount, policies and tokens; the platform's
     own connections in OpenBao (written with the administrator's token: the sagas' token cannot);
-    what an older stack kept under ``.local/`` moved there once; the registered-projects bundle."""
+    what an older stack kept under ``.local/`` moved there once; the registered-projects bundle.
+    The platform's own: ``platform`` and ``warehouse`` (least-privilege roles), ``platform_secrets``
+    and ``platform_git``, and the service account on the target's REST API."""
     from devstack.git_server import git_password, git_up
     from devstack.migrate import migrate_local_state
     from devstack.openbao import bao_up, ensure_namespace
@@ -83,6 +88,11 @@ def prepare_services(stack: StackSettings, target: AirflowTarget) -> None:
         settings.git_conn_id: {
             "conn_type": "git", "host": f"{stack.git_url}/{target.git_org}", "login": "dbt-platform",
             "password": git_password(stack), "extra": {"provider": "loopback"},
+        },
+        # The platform's service account on this target's API (used where a component runs the tasks).
+        AIRFLOW_API_CONN_ID: {
+            "conn_type": "http", "host": "127.0.0.1", "port": target.api_port, "login": PLATFORM_USER,
+            "password": airflow_user_password(stack, PLATFORM_USER),
         },
     }  # fmt: skip
     for conn_id, database in (

@@ -92,6 +92,8 @@ def main() -> None:
                              "password": saga_token, "extra": {"auth_type": "token", "kv_engine_version": 2}},
         "platform_git": {"conn_type": "git", "host": f"{GIT}/platform", "login": "dbt-platform",
                          "password": env["GIT_PASSWORD"], "extra": {"provider": "loopback"}},
+        "dbt_platform_airflow_api": {"conn_type": "http", "host": "airflow-apiserver", "port": 8080,
+                                     "login": "dbt-platform", "password": env["AIRFLOW_PLATFORM_PASSWORD"]},
     }.items():  # fmt: skip
         store.set_platform_connection(conn_id, entry)
     bundle.ensure(LoopbackGitServer(f"{GIT}/platform", "dbt-platform", env["GIT_PASSWORD"]))

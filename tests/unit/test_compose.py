@@ -13,7 +13,7 @@ import jsonschema
 import pytest
 import yaml
 
-from devstack.airflow import COMPONENT_LAUNCHERS
+from devstack.airflow import AIRFLOW_COMPONENTS
 from include.dbt_platform.config import REPO_ROOT
 
 COMPOSE = REPO_ROOT / "docker-compose.yaml"
@@ -117,7 +117,7 @@ def test_referenced_files_exist(compose):
 
 SECRETS = ("POSTGRES_PASSWORD", "AIRFLOW_DB_PASSWORD", "PLATFORM_DB_PASSWORD", "WAREHOUSE_DB_PASSWORD",
            "REDIS_PASSWORD", "AIRFLOW_JWT_SECRET", "AIRFLOW_FERNET_KEY", "AIRFLOW_API_SECRET_KEY",
-           "AIRFLOW_ADMIN_PASSWORD", "GIT_PASSWORD")  # fmt: skip
+           "AIRFLOW_ADMIN_PASSWORD", "AIRFLOW_PLATFORM_PASSWORD", "GIT_PASSWORD")  # fmt: skip
 
 
 def test_no_secret_has_a_default_and_redis_requires_a_password(compose):
@@ -141,6 +141,7 @@ def test_no_secret_has_a_default_and_redis_requires_a_password(compose):
     # The platform's own connections are written into OpenBao by airflow-init, least privilege kept.
     init = (REPO_ROOT / "scripts" / "compose_init_services.py").read_text()
     assert '"login": "dbt_platform"' in init and '"login": "warehouse"' in init
+    assert '"dbt_platform_airflow_api"' in init and 'env["AIRFLOW_PLATFORM_PASSWORD"]' in init
 
 
 def test_openbao_and_the_git_server_are_internal_and_keep_their_data_in_volumes(compose):
@@ -154,10 +155,12 @@ def test_openbao_and_the_git_server_are_internal_and_keep_their_data_in_volumes(
     assert "python /opt/airflow/scripts/compose_init_services.py" in services["airflow-init"]["command"][-1]
 
 
-def test_the_triggerer_runs_through_the_projects_launcher(compose):
-    # Same launcher as the local stack (devstack/airflow.py COMPONENT_LAUNCHERS); the
-    # image's entrypoint runs `python ...` commands as given, with /opt/airflow on PYTHONPATH.
-    command = compose["services"]["airflow-triggerer"]["command"]
-    assert command[:3] == ["python", "-m", "include.dbt_platform.runtime.triggerer"]
-    assert (REPO_ROOT / "include" / "dbt_platform" / "runtime" / "triggerer.py").exists()
-    assert COMPONENT_LAUNCHERS["triggerer"] == command[1:3]
+def test_the_triggerer_is_stock_and_finds_the_patch_in_the_plugins_folder(compose):
+    # As the local stack (devstack/airflow.py): `airflow triggerer`, patched by the plugins folder's
+    # airflow_local_settings.py, which imports include.* (so /opt/airflow is on PYTHONPATH).
+    service = compose["services"]["airflow-triggerer"]
+    assert service["command"] == "triggerer"
+    assert AIRFLOW_COMPONENTS["triggerer"][0] == "triggerer"
+    assert any(v.endswith("/plugins:/opt/airflow/plugins") for v in service["volumes"])
+    assert "/opt/airflow" in service["environment"]["PYTHONPATH"].split(":")
+    assert (REPO_ROOT / "plugins" / "airflow_local_settings.py").exists()

@@ -44,8 +44,9 @@ BUNDLE_NAME = "registered_projects"  # Airflow's name for the bundle
 PROJECTS, RETIRED = "projects", "retired"
 DAG_FILES = Path(__file__).parent / "bundle_files"
 OWNER = "dbt-platform"  # the bundle repository's mark on the git server
-# What the platform decides in a project's platform.yml, whatever the owner's repository says.
-ENFORCED = ("conn_id", "schema", "owner", "tags", "production")
+# What the platform decides in a project's platform.yml, whatever the owner's repository says (a role
+# named in access_roles that Airflow lacks would make the DAG fail to load: the platform's call).
+ENFORCED = ("conn_id", "schema", "owner", "tags", "production", "access_roles")
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ def _install(dest: Path, source: Path, registration: dict, commit: str) -> None:
 
     git.copy_tree(source, dest)
     # The owner's platform.yml may choose its schedule, test behaviour, description...; never its
-    # connection, schema, owner, tags or production flag: those are the platform's.
+    # connection, schema, owner, tags, production flag or access roles: those are the platform's.
     owners = {k: v for k, v in read_platform_file(dest).items() if k not in ENFORCED}
     write_platform_file(dest, {**registration["settings"], **owners})
     build_manifest(dest)
