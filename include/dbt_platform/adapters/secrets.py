@@ -95,17 +95,24 @@ class VaultConnectionStore:
         """The entry's data (None if there is none) and its current version (0: never written)."""
         import hvac.exceptions
 
-        try:
-            found = _call(self.kv.read_secret_version, path=path, mount_point=self.mount,
-                          raise_on_deleted_version=True)  # fmt: skip
-            return found["data"]["data"], found["data"]["metadata"]["version"]
-        except hvac.exceptions.InvalidPath:
-            pass
-        try:  # a deleted latest version leaves metadata (and a version number to check against)
-            meta = _call(self.kv.read_secret_metadata, path=path, mount_point=self.mount)
-            return None, int(meta["data"]["current_version"])
-        except hvac.exceptions.InvalidPath:
-            return None, 0
+        for _ in range(5):
+            try:
+                found = _call(self.kv.read_secret_version, path=path, mount_point=self.mount,
+                              raise_on_deleted_version=True)  # fmt: skip
+                return found["data"]["data"], found["data"]["metadata"]["version"]
+            except hvac.exceptions.InvalidPath:
+                pass
+            try:  # a deleted latest version leaves metadata (and a version number to check against)
+                meta = _call(self.kv.read_secret_metadata, path=path, mount_point=self.mount)["data"]
+            except hvac.exceptions.InvalidPath:
+                return None, 0
+            current = str(meta["current_version"])
+            latest = meta.get("versions", {}).get(current, {})
+            if latest.get("deletion_time") or latest.get("destroyed"):
+                return None, int(current)
+            # Written between the two reads: the version number is not that of "no entry" (a
+            # check-and-set on it would overwrite what another writer just put there). Read again.
+        raise TransientError(f"{path} in {self.mount} kept changing while it was read; try again")
 
     def _write(self, path: str, data: dict, version: int) -> None:
         import hvac.exceptions
