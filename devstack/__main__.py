@@ -16,7 +16,9 @@ from devstack.airflow import (
     stop_airflow,
 )
 from devstack.demo import demo, demo_project_saga, describe
+from devstack.git_server import git_down, git_running
 from devstack.observability import observability_down
+from devstack.openbao import bao_down, bao_running
 from devstack.postgres import pg_is_running, pg_stop, pg_up
 from devstack.settings import StackError, admin_dsn, get_stack_settings
 
@@ -38,11 +40,15 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "down":
             stop_airflow(stack, target)
             observability_down(target)
+            git_down(stack)
+            bao_down(stack)
             pg_stop(stack)
-            print("Stopped Airflow and PostgreSQL.")
+            print("Stopped Airflow, the git server, OpenBao and PostgreSQL.")
         elif args.command == "status":
             running = {c: component_pid(stack, target, c) for c in AIRFLOW_COMPONENTS}
             print(f"PostgreSQL running: {pg_is_running(stack)}")
+            print(f"OpenBao running:    {bao_running(stack)}")
+            print(f"git server running: {git_running(stack)}")
             for component, pid in running.items():
                 print(f"{component:<14} {'pid ' + str(pid) if pid else 'stopped'}")
             print(f"health: {json.dumps(health(target))}")

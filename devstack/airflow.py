@@ -29,8 +29,14 @@ from devstack.settings import (
     role_password,
     stored_secret,
 )
-from include.dbt_platform.adapters.secrets import ConnectionStore
-from include.dbt_platform.config import PLATFORM_USER, REPO_ROOT, get_settings
+from devstack.shared_state import (
+    AIRFLOW_API_CONN_ID,
+    VAULT_BACKEND,
+    dag_bundles,
+    prepare_services,
+    secrets_backend_kwargs,
+)
+from include.dbt_platform.config import REPO_ROOT, get_settings
 
 AIRFLOW_COMPONENTS = {
     "api-server": ["api-server", "--host", "127.0.0.1", "--port", "{port}", "--workers", "1"],
@@ -46,9 +52,6 @@ AIRFLOW_COMPONENTS = {
 # ends in the triggerer) and the triggerer (it reports node results as the build makes them; lagging
 # a little behind costs the run nothing).
 COMPONENT_NICENESS = {"dag-processor": 19, "triggerer": 5}
-# The connection of the platform's service account (include/dbt_platform/adapters/airflow_api.py).
-# Components started here run with it set; dag.test() in the tests, with no api-server, without.
-AIRFLOW_API_CONN_ID = "dbt_platform_airflow_api"
 
 
 @dataclass(frozen=True)
@@ -61,10 +64,21 @@ class AirflowTarget:
     platform_db: str
     api_port: int
     state_dir: Path
+    # Its share of the stack's secrets manager and git server: a KV mount and an org of its own
+    # (the stack's: "airflow" and "platform"; an isolated target's: named after it).
+    namespace: str = ""
 
     @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def secrets_mount(self) -> str:
+        return f"airflow_{self.namespace}" if self.namespace else "airflow"
+
+    @property
+    def git_org(self) -> str:
+        return self.namespace or "platform"
 
 
 def isolated_target(stack: StackSettings, name: str, port_offset: int) -> AirflowTarget:
@@ -77,6 +91,7 @@ def isolated_target(stack: StackSettings, name: str, port_offset: int) -> Airflo
         platform_db=f"platform_{name}",
         api_port=stack.airflow_port + port_offset,
         state_dir=root / "state",
+        namespace=name,
     )
 
 
@@ -94,14 +109,13 @@ def default_target(stack: StackSettings) -> AirflowTarget:
 def airflow_env(stack: StackSettings, target: AirflowTarget) -> dict[str, str]:
     """The environment every Airflow component (and the tests) run with: settings, never secrets.
 
-    Secrets live in files only the stack's user can read: the metadata database's DSN and the JWT
-    secret in ``$AIRFLOW_HOME/airflow.cfg`` (0600), the platform's and the saga's connections in the
-    secrets backend's file (0600). So no process of the stack, and above all no dbt run, finds a
-    password or a DSN in its environment.
+    Secrets live where only the stack's user can read them: the metadata database's DSN and the JWT
+    secret in ``$AIRFLOW_HOME/airflow.cfg`` (0600), every connection (the platform's and the sagas')
+    in OpenBao, whose read-only token is a 0600 file under ``.local/secrets/openbao/``. So no process
+    of the stack, and above all no dbt run, finds a password or a DSN in its environment.
     """
     settings = get_settings()
-    connections_file = target.state_dir / "secrets" / "connections.json"
-    backend_kwargs = json.dumps({"connections_file_path": str(connections_file)})
+    backend_kwargs = json.dumps(secrets_backend_kwargs(stack, target))
     env = {
         "AIRFLOW_HOME": str(target.home),
         "AIRFLOW_CONFIG": str(target.home / "airflow.cfg"),
@@ -122,11 +136,14 @@ def airflow_env(stack: StackSettings, target: AirflowTarget) -> dict[str, str]:
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
         "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(target.api_port + 10),
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(target.api_port + 11),
-        # Connections (the platform's and the saga's) live in a file-based secrets backend (0600).
-        "AIRFLOW__SECRETS__BACKEND": "airflow.secrets.local_filesystem.LocalFilesystemBackend",
+        # Connections (the platform's and the sagas') live in OpenBao, read through VaultBackend.
+        "AIRFLOW__SECRETS__BACKEND": VAULT_BACKEND,
         "AIRFLOW__SECRETS__BACKEND_KWARGS": backend_kwargs,
-        "AIRFLOW__WORKERS__SECRETS_BACKEND": "airflow.secrets.local_filesystem.LocalFilesystemBackend",
+        "AIRFLOW__WORKERS__SECRETS_BACKEND": VAULT_BACKEND,
         "AIRFLOW__WORKERS__SECRETS_BACKEND_KWARGS": backend_kwargs,
+        # The registered projects come from the git server; each component keeps its own checkouts.
+        "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps(dag_bundles(stack, target)),
+        "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_STORAGE_PATH": str(target.home / "dag_bundles"),
         "DBT_PLATFORM_STATE_DIR": str(target.state_dir),
         **TELEMETRY_OFF,
         **observability_env(stack, target),  # metrics, lineage (devstack/observability.py)
@@ -170,8 +187,8 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def write_airflow_config(stack: StackSettings, target: AirflowTarget) -> None:
-    """``airflow.cfg`` (0600) with the secrets Airflow's own processes need, and the connections file
-    with the platform's own connections. Writes files only: nothing needs to run yet."""
+    """``airflow.cfg`` (0600) with the secrets Airflow's own processes need. Writes one file only:
+    nothing needs to run yet (the tests write it before Airflow is first imported)."""
     metadata_role = role_for(target.metadata_db) or "postgres"
     metadata_password = (
         role_password(stack, metadata_role) if role_for(target.metadata_db) else pg_password(stack)
@@ -186,43 +203,12 @@ def write_airflow_config(stack: StackSettings, target: AirflowTarget) -> None:
     buffer = io.StringIO()
     config.write(buffer)
     _write_private(target.home / "airflow.cfg", buffer.getvalue())
-    connections = target.state_dir / "secrets" / "connections.json"
-    connections.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(connections.parent, 0o700)
-    settings = get_settings()
-    store = ConnectionStore(connections)
-    # The platform's service account on this target's API (used where a component runs the tasks).
-    store.set_platform_connection(
-        AIRFLOW_API_CONN_ID,
-        {
-            "conn_type": "http",
-            "host": "127.0.0.1",
-            "port": target.api_port,
-            "login": PLATFORM_USER,
-            "password": airflow_user_password(stack, PLATFORM_USER),
-        },
-    )
-    for conn_id, database in (
-        (settings.platform_conn_id, target.platform_db),
-        (settings.warehouse_conn_id, target.warehouse_db),
-    ):
-        role = role_for(database)
-        store.set_platform_connection(
-            conn_id,
-            {
-                "conn_type": "postgres",
-                "host": "127.0.0.1",
-                "port": stack.pg_port,
-                "login": role,
-                "password": role_password(stack, role),
-                "schema": database,
-            },
-        )
 
 
 def prepare_airflow_home(stack: StackSettings, target: AirflowTarget) -> None:
     target.home.mkdir(parents=True, exist_ok=True)
     write_airflow_config(stack, target)
+    prepare_services(stack, target)
 
 
 def airflow_bin() -> str:

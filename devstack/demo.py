@@ -8,7 +8,6 @@ from devstack import observability
 from devstack.airflow import AirflowTarget
 from devstack.client import AirflowClient, client_for
 from devstack.settings import StackError, StackSettings, airflow_user_password_file
-from include.dbt_platform.config import get_settings
 
 
 def describe(stack: StackSettings, target: AirflowTarget) -> str:
@@ -23,6 +22,10 @@ def describe(stack: StackSettings, target: AirflowTarget) -> str:
         f"Databases:    {target.metadata_db} (Airflow metadata), {target.warehouse_db} (dbt), "
         f"{target.platform_db} (saga journal)\n"
         f"PG data:      {stack.pg_data_dir}\n"
+        f"OpenBao:      {stack.openbao_url}  (connections under the KV mount '{target.secrets_mount}'; "
+        f"root token and unseal key: {stack.secrets_dir / 'openbao_init.json'})\n"
+        f"git server:   {stack.git_url}/{target.git_org}/<project>.git  (user dbt-platform, password: "
+        f"{stack.secrets_dir / 'git_password'})\n"
         f"Logs:         {target.home / 'component-logs'}\n" + "\n".join(observability.describe(stack, target))
     )
 
@@ -76,7 +79,8 @@ def demo_project_saga(stack: StackSettings, target: AirflowTarget, name: str = D
         f"See it in the UI:  {target.api_url}/dags/{dag_id}/runs/{run_id}\n"
         f"Its DAG:           {target.api_url}/dags/{name} (appears within a minute of the first run)\n"
         f"Its database:      dbt_{name} (schemas {name}_dev, {name}_prod), connections dbt_{name}_dev/_prod\n"
-        f"Its repository:    {get_settings().repositories_dir / name}\n"
+        f"Its repository:    {stack.git_url}/{target.git_org}/{name}.git (push to main: `project_sync`\n"
+        "                   deploys it within a few minutes)\n"
         f"The saga journal:  database {target.platform_db}, schema saga (`make dsn` prints the admin URL):\n"
         "                   select saga_id, state, created_at from saga.sagas order by created_at desc;"
     )

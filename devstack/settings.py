@@ -39,6 +39,10 @@ class StackSettings:
     pg_os_user: str
     # PostgreSQL's own folder: data, socket, log. Under local_dir unless pg_os_user cannot reach it.
     pg_dir: Path
+    # The secrets manager (OpenBao) and the git server, on loopback; by default beside PostgreSQL's
+    # port (+20, its cluster port +21; +30), so parallel clones that move the PostgreSQL port move all.
+    openbao_port: int = 0
+    git_port: int = 0
 
     @property
     def pg_data_dir(self) -> Path:
@@ -56,13 +60,34 @@ class StackSettings:
     def logs_dir(self) -> Path:
         return self.local_dir / "logs"
 
+    @property
+    def openbao_dir(self) -> Path:
+        """OpenBao's own folder: its configuration, its data (integrated storage), its log."""
+        return self.local_dir / "openbao"
+
+    @property
+    def git_dir(self) -> Path:
+        """The git server's own folder: its bare repositories, its log."""
+        return self.local_dir / "git"
+
+    @property
+    def openbao_url(self) -> str:
+        return f"http://127.0.0.1:{self.openbao_port}"
+
+    @property
+    def git_url(self) -> str:
+        return f"http://127.0.0.1:{self.git_port}"
+
 
 def get_stack_settings() -> StackSettings:
     local_dir = Path(env("DBT_PLATFORM_LOCAL_DIR", str(REPO_ROOT / ".local"))).absolute()
     pg_os_user = env("DBT_PLATFORM_PG_OS_USER", "postgres")
+    pg_port = int(env("DBT_PLATFORM_PG_PORT", "55432"))
     return StackSettings(
         local_dir=local_dir,
-        pg_port=int(env("DBT_PLATFORM_PG_PORT", "55432")),
+        pg_port=pg_port,
+        openbao_port=int(env("DBT_PLATFORM_OPENBAO_PORT", str(pg_port + 20))),
+        git_port=int(env("DBT_PLATFORM_GIT_PORT", str(pg_port + 30))),
         airflow_port=int(env("DBT_PLATFORM_AIRFLOW_PORT", "8080")),
         pg_admin_password=env("DBT_PLATFORM_PG_PASSWORD", "") or None,
         airflow_admin_password=env("DBT_PLATFORM_AIRFLOW_PASSWORD", "") or None,

@@ -67,5 +67,4 @@ def projects_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "dbt_projects"
     folder.mkdir()
     monkeypatch.setenv("DBT_PLATFORM_PROJECTS_DIR", str(folder))
-    monkeypatch.setenv("DBT_PLATFORM_REGISTRY_DIR", str(tmp_path / "registered"))
     return folder

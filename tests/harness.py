@@ -46,6 +46,35 @@ def warehouse_dsn() -> str:
     return role_dsn(STACK, TARGET.warehouse_db)
 
 
+def secrets_admin():
+    """The test target's connections in OpenBao, read with the administrator's token (inspecting)."""
+    from devstack.openbao import root_client
+    from include.dbt_platform.adapters.secrets import VaultConnectionStore
+
+    return VaultConnectionStore(root_client(STACK), TARGET.secrets_mount)
+
+
+def git_admin():
+    """The test target's org on the git server (the platform's credentials)."""
+    from devstack.git_server import git_password
+    from include.dbt_platform.adapters.git import LoopbackGitServer
+
+    return LoopbackGitServer(f"{STACK.git_url}/{TARGET.git_org}", "dbt-platform", git_password(STACK))
+
+
+def registered_dagbag(folder: Path):
+    """The registered-projects bundle at its newest commit, checked out into ``folder`` and loaded
+    like the dag-processor does (its DAG files and projects)."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from include.dbt_platform.adapters import git
+    from include.dbt_platform.transformations import bundle
+
+    shutil.rmtree(folder, ignore_errors=True)
+    git.fetch(bundle.url(git_admin()), git_admin(), folder)
+    return DagBag(dag_folder=str(folder))
+
+
 def wait_for(predicate, timeout: float, what):
     """Poll ``predicate`` every second until it returns something truthy; return that.
 

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from contextlib import contextmanager
 from dataclasses import replace
+from pathlib import Path
 
 import psycopg2
 
+from include.dbt_platform.adapters import git
 from include.dbt_platform.config import get_settings
 from include.dbt_platform.project_creation import steps as saga_steps
 from include.dbt_platform.saga import journal as j
 from include.dbt_platform.saga.recovery import recover_sagas
-from tests.harness import TARGET, query
+from include.dbt_platform.transformations import bundle
+from tests.harness import TARGET, git_admin, query, secrets_admin
 from tests.harness import admin as admin_dsn
 from tests.saga_requests import BAD_REQUESTS, request  # noqa: F401 - shared with the saga tests
 
@@ -70,20 +72,48 @@ def inventory() -> dict:
             if rows[0][0]
             else set()
         )
-    conns = json.loads((settings.state_dir / "secrets" / "connections.json").read_text() or "{}")
-    listing = lambda p: sorted(x.name for x in p.iterdir()) if p.exists() else []  # noqa: E731
+    store, host = secrets_admin(), git_admin()
+    registered = bundle.listing(host)
     return {
         "databases": databases,
         "roles": roles,
         "grants": grants,
         "schemas": schemas,
         "projects": projects,
-        "connections": set(conns),
-        "repositories": listing(settings.repositories_dir),
-        "registered": listing(settings.registry_dir),
-        "secrets_files": listing(settings.state_dir / "secrets"),
-        "archives": listing(settings.state_dir / "archives"),
+        # OpenBao: every connection, and every rotation's kept password.
+        "connections": set(store.conn_ids()),
+        "rotations": set(store.rotation_ids()),
+        # The git server: every repository of the target's org (archived ones too), and the
+        # registered-projects bundle's entries (registered, and set aside by a decommission).
+        "repositories": sorted(r.name for r in host.repositories()),
+        "registered": registered[bundle.PROJECTS],
+        "set_aside": registered[bundle.RETIRED],
+        # Nothing of the sagas' on this machine's disk.
+        "local_state": sorted(str(p.relative_to(settings.state_dir)) for p in settings.state_dir.rglob("*"))
+        if settings.state_dir.exists()
+        else [],
     }
+
+
+NEW_MODEL = "select heartbeat_id, 'pushed by the owner' as note from {{ ref('platform_heartbeat') }}\n"
+BROKEN_MODEL = "select * from {{ ref('platform_heartbeat' }}\n"  # a Jinja syntax error: dbt parse fails
+
+
+def push(name: str, files: dict[str, str], message: str) -> str:
+    """What the owner does: clone, change, commit, push (with the platform's git credentials here)."""
+    host = git_admin()
+
+    def change(tree: Path) -> str:
+        for rel, content in files.items():
+            target = tree / rel
+            if content is None:
+                target.unlink()
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(content)
+        return message
+
+    return git.update(host.clone_url(name), host, change)
 
 
 def run_saga(dag, conf: dict):
@@ -95,8 +125,7 @@ def run_saga(dag, conf: dict):
 
 
 def stored_password(conn_id: str) -> str:
-    data = json.loads((get_settings().state_dir / "secrets" / "connections.json").read_text())
-    return data[conn_id]["password"]
+    return secrets_admin().entry(conn_id)["password"]
 
 
 def uniq(prefix: str) -> str:

@@ -9,9 +9,9 @@ One package per job; each says in its docstring what lives there and what it may
     saga/              the general saga machinery: definition, engine, journal, recovery, metrics
     project_creation/  the ``dbt_project_create`` saga: its request, its steps, its definition
     project_lifecycle/ the rest of a project's life: add an environment, rotate, decommission
-    adapters/          every side effect: PostgreSQL, git, secrets, notifications
+    adapters/          every side effect: PostgreSQL, the git server, the secrets manager, notifications
     transformations/   dbt projects -> Cosmos DAGs: discovery, manifests, Cosmos config, factory,
-                       the triggerer-mode (watcher) operators
+                       the registered-projects bundle and its sync, the triggerer-mode operators
     warehouse_setup/   the ``warehouse_setup`` DAG's SQL, dbt runs, report and Airflow glue
     runtime/           what runs inside Airflow's own processes (the triggerer patch)
 

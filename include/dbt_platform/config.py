@@ -27,6 +27,7 @@ PLATFORM_DAG_IDS = frozenset(
         "saga_recovery",
         "warehouse_setup",
         "inventory_marts_report",
+        "project_sync",
     }
 )
 # The Airflow role (FAB auth manager) that may trigger the project-lifecycle DAGs and nothing else;
@@ -65,11 +66,17 @@ def _default_dbt_executable() -> str:
 @dataclass(frozen=True)
 class Settings:
     dbt_projects_dir: Path
-    registry_dir: Path
+    # Local files of warehouse_setup only (its seed state and its report). The sagas and the
+    # transformations keep no state on a local disk: see secrets_conn_id, git_conn_id.
     state_dir: Path
     dbt_executable: str
     warehouse_conn_id: str
     platform_conn_id: str
+    # The secrets manager the sagas write projects' connections to (a `vault` connection: OpenBao or
+    # Vault), and the git server projects' repositories and the registered-projects bundle live on
+    # (a `git` connection whose host is the base URL the repositories are under).
+    secrets_conn_id: str
+    git_conn_id: str
     execution_mode: str
     test_behavior: str
     watcher_poke_interval: float
@@ -105,14 +112,6 @@ class Settings:
     # Where the platform's OpenTelemetry spans are written (OTLP/JSON lines); None: not to a file.
     trace_file: Path | None
 
-    @property
-    def repositories_dir(self) -> Path:
-        return self.state_dir / "repositories"
-
-    @property
-    def notifications_dir(self) -> Path:
-        return self.state_dir / "notifications"
-
 
 def airflow_metadata_database() -> str | None:
     """The name of Airflow's metadata database, where this process's Airflow config says (or None)."""
@@ -132,11 +131,12 @@ def get_settings() -> Settings:
     recovery = env("DBT_PLATFORM_RECOVERY_SCHEDULE", "*/10 * * * *")
     return Settings(
         dbt_projects_dir=Path(env("DBT_PLATFORM_PROJECTS_DIR", str(REPO_ROOT / "dbt_projects"))),
-        registry_dir=Path(env("DBT_PLATFORM_REGISTRY_DIR", str(state_dir / "registered_projects"))),
         state_dir=state_dir,
         dbt_executable=env("DBT_PLATFORM_DBT_EXECUTABLE", _default_dbt_executable()),
         warehouse_conn_id=env("DBT_PLATFORM_WAREHOUSE_CONN_ID", "warehouse"),
         platform_conn_id=env("DBT_PLATFORM_PLATFORM_CONN_ID", "platform"),
+        secrets_conn_id=env("DBT_PLATFORM_SECRETS_CONN_ID", "platform_secrets"),
+        git_conn_id=env("DBT_PLATFORM_GIT_CONN_ID", "platform_git"),
         execution_mode=env("DBT_PLATFORM_EXECUTION_MODE", "triggerer").lower(),
         test_behavior=env("DBT_PLATFORM_TEST_BEHAVIOR", "build").lower(),
         watcher_poke_interval=float(env("DBT_PLATFORM_WATCHER_POKE_INTERVAL", "0.5")),

@@ -51,8 +51,7 @@ print("RESULT " + json.dumps({
 """
 
 
-@pytest.fixture(scope="module")
-def isolated_dagbag() -> dict:
+def _isolated(folder) -> dict:
     env = {
         **os.environ,
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql+psycopg2://nobody:nothing@127.0.0.1:1/none",
@@ -62,7 +61,7 @@ def isolated_dagbag() -> dict:
         "AIRFLOW__METRICS__STATSD_ON": "False",
     }
     result = subprocess.run(
-        [sys.executable, "-c", IMPORT_WITHOUT_NETWORK, str(DAGS_FOLDER)],
+        [sys.executable, "-c", IMPORT_WITHOUT_NETWORK, str(folder)],
         env=env,
         capture_output=True,
         text=True,
@@ -73,6 +72,21 @@ def isolated_dagbag() -> dict:
     return json.loads(lines[-1][len("RESULT ") :])
 
 
+@pytest.fixture(scope="module")
+def isolated_dagbag() -> dict:
+    return _isolated(DAGS_FOLDER)
+
+
+def test_the_registered_projects_bundle_files_load_without_network_or_database(tmp_path):
+    """The DAG files the platform writes into the registered-projects bundle (an empty one here)."""
+    import shutil
+
+    from include.dbt_platform.transformations import bundle
+
+    shutil.copytree(bundle.DAG_FILES, tmp_path / "bundle")
+    assert _isolated(tmp_path / "bundle") == {"errors": {}, "dags": {}}
+
+
 def test_no_import_errors_without_network_or_database(isolated_dagbag):
     assert isolated_dagbag["errors"] == {}
 
@@ -80,7 +94,7 @@ def test_no_import_errors_without_network_or_database(isolated_dagbag):
 def test_expected_dags_are_defined(isolated_dagbag):
     expected = {"inventory_transforms", "dbt_project_create", "dbt_project_add_environment",
                 "dbt_project_rotate_credentials", "dbt_project_decommission", "saga_recovery",
-                "warehouse_setup", "inventory_marts_report"}  # fmt: skip
+                "warehouse_setup", "inventory_marts_report", "project_sync"}  # fmt: skip
     assert expected <= set(isolated_dagbag["dags"])
 
 

@@ -1,4 +1,4 @@
-"""The rest of a project's life, on real PostgreSQL, git, dbt and Airflow runs (``dag.test()``):
+"""The rest of a project's life, on real PostgreSQL, OpenBao, git server, dbt and Airflow runs (``dag.test()``):
 add an environment, rotate credentials, decommission, create again with the same name; and each
 lifecycle saga's fault matrix, checked against the leak inventory."""
 
@@ -10,10 +10,10 @@ import psycopg2
 import pytest
 from airflow.dag_processing.dagbag import DagBag
 
-from include.dbt_platform.config import REPO_ROOT, get_settings
+from include.dbt_platform.config import REPO_ROOT
 from include.dbt_platform.project_lifecycle import add_environment, decommission, rotate_credentials
 from include.dbt_platform.saga import journal as j
-from tests.harness import STACK, TARGET, query
+from tests.harness import STACK, TARGET, query, registered_dagbag
 from tests.saga_support import (
     admin,
     inventory,
@@ -66,7 +66,9 @@ def lifecycle(dags, dag_id: str, conf: dict):
     return run_saga(dags[dag_id], conf)
 
 
-def test_a_project_lives_grows_rotates_is_decommissioned_and_its_name_is_free_again(dags, warehouse):
+def test_a_project_lives_grows_rotates_is_decommissioned_and_its_name_is_free_again(
+    dags, warehouse, tmp_path
+):
     name = uniq("life")
     before = inventory()
     create(dags, name, environments=["dev"])
@@ -87,7 +89,7 @@ def test_a_project_lives_grows_rotates_is_decommissioned_and_its_name_is_free_ag
     )
     with closing(prod), prod, prod.cursor() as cur:
         cur.execute(f"create table {name}_prod.t (id int)")  # creates in its own schema
-    bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
+    bag = registered_dagbag(tmp_path / "bundle")
     project_dag = bag.dags[name]
     assert "prod" in project_dag.tasks[0].profile_config.profile_mapping.conn_id
     assert project_dag.test().state == "success", "the transformation DAG runs in the new environment"
@@ -102,20 +104,19 @@ def test_a_project_lives_grows_rotates_is_decommissioned_and_its_name_is_free_ag
         f"{name}_prod_rw", prod_pw, f"dbt_{name}"
     )
     assert can_login(f"{name}_dev_rw", new_dev, f"dbt_{name}")
-    assert DagBag(dag_folder=str(REPO_ROOT / "dags")).dags[name].test().state == "success"
-    assert not (get_settings().state_dir / "secrets" / "connections.json.rotations").exists(), (
-        "old passwords forgotten"
-    )
+    assert registered_dagbag(tmp_path / "bundle").dags[name].test().state == "success"
+    assert inventory()["rotations"] == before["rotations"], "old passwords forgotten"
 
     # Decommission, dropping the database: nothing is left but the archive and the history row.
     run, states, saga_id = lifecycle(dags, DECOMMISSION, {"project_name": name, "drop_database": True})
     assert run.state == "success", states
     gone = inventory()
-    assert {k: v for k, v in gone.items() if k != "archives"} == {
-        k: v for k, v in before.items() if k != "archives"
+    assert {k: v for k, v in gone.items() if k != "repositories"} == {
+        k: v for k, v in before.items() if k != "repositories"
     }
-    assert [a for a in gone["archives"] if a not in before["archives"]] == [f"{name}.{saga_id[:8]}.bundle"]
-    assert name not in DagBag(dag_folder=str(REPO_ROOT / "dags")).dags
+    archived = f"{name}.archived-{saga_id.replace('-', '')[:12]}"
+    assert [r for r in gone["repositories"] if r not in before["repositories"]] == [archived]
+    assert name not in registered_dagbag(tmp_path / "bundle").dags
     with admin(TARGET.platform_db) as conn:
         assert query(
             conn, "select database_kept from platform.project_history where project_name = %s", (name,)
@@ -210,7 +211,7 @@ def test_a_transient_fault_while_adding_an_environment_is_retried_without_a_seco
 
 
 @pytest.mark.parametrize("step", DECOMMISSION_STEPS)
-def test_decommission_undoes_a_fault_before_its_pivot_and_goes_forward_after_it(dags, step):
+def test_decommission_undoes_a_fault_before_its_pivot_and_goes_forward_after_it(dags, step, tmp_path):
     name = uniq("dec")
     create(dags, name, environments=["dev", "prod"])
     dev_pw = stored_password(f"dbt_{name}_dev")
@@ -228,7 +229,7 @@ def test_decommission_undoes_a_fault_before_its_pivot_and_goes_forward_after_it(
         assert inventory() == before, "the project is as it was"
         assert can_login(f"{name}_dev_rw", dev_pw, f"dbt_{name}")
         assert project_row(name) == ("ACTIVE", None)
-        assert name in DagBag(dag_folder=str(REPO_ROOT / "dags")).dags, "registered again"
+        assert name in registered_dagbag(tmp_path / "bundle").dags, "registered again"
     else:  # past the pivot: the run's failure callback went forward (dag.test() runs it too)
         assert saga.state == j.COMPLETED
         gone = inventory()

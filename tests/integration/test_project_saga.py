@@ -1,12 +1,13 @@
-"""dbt_project_create: real PostgreSQL, real git, real dbt, real Airflow runs (dag.test()).
+"""dbt_project_create: real PostgreSQL, real OpenBao, a real git server, real dbt, real Airflow runs
+(dag.test()).
 
 Every test takes an inventory of everything a saga can create (databases, roles, schemas,
-repositories, registered projects, stored connections, registry rows) before and after.
+repositories on the git server, entries of the registered-projects bundle, connections in OpenBao,
+registry rows, files under the state folder) before and after.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 import uuid
 from pathlib import Path
@@ -16,13 +17,16 @@ import psycopg2
 import pytest
 from airflow.dag_processing.dagbag import DagBag
 
-from include.dbt_platform.config import REPO_ROOT, get_settings
+from include.dbt_platform.adapters import git
+from include.dbt_platform.adapters.notifications import NotificationLog
+from include.dbt_platform.adapters.postgres import platform_dsn
+from include.dbt_platform.config import REPO_ROOT
 from include.dbt_platform.project_creation import definition as project_saga
 from include.dbt_platform.project_creation import steps as saga_steps
 from include.dbt_platform.saga import journal as j
 from include.dbt_platform.saga.engine import run_step
 from include.dbt_platform.saga.recovery import recover_sagas
-from tests.harness import STACK, TARGET, query
+from tests.harness import STACK, TARGET, git_admin, query, registered_dagbag, secrets_admin
 from tests.saga_support import (
     BAD_REQUESTS,
     admin,
@@ -40,7 +44,7 @@ from tests.saga_support import (
 STEPS = [s.name for s in project_saga.definition().steps]
 
 
-def test_happy_path_every_resource_exists_and_works(saga_dag, warehouse):
+def test_happy_path_every_resource_exists_and_works(saga_dag, warehouse, tmp_path):
     with admin() as conn:
         query_exec(
             conn,
@@ -68,6 +72,14 @@ def test_happy_path_every_resource_exists_and_works(saga_dag, warehouse):
     } <= after["roles"]
     assert {"happy_one_dev", "happy_one_staging", "happy_one_prod"} <= after["schemas"]["dbt_happy_one"]
     assert "happy_one" in after["projects"] and "happy_one" in after["repositories"]
+    assert "happy_one" in after["registered"], "in the registered-projects bundle"
+    assert {f"dbt_happy_one_{e}" for e in ("dev", "staging", "prod")} <= after["connections"]
+    assert after["local_state"] == before["local_state"], "nothing written to the local disk"
+    # In OpenBao, each connection records the saga that made it; Airflow reads it (VaultBackend).
+    assert secrets_admin().entry("dbt_happy_one_dev")["extra"]["created_by_saga"] == saga_id
+    from airflow.sdk import BaseHook
+
+    assert BaseHook.get_connection("dbt_happy_one_dev").login == "happy_one_dev_rw"
 
     # The dev role logs in to its database and creates a table in its schema...
     dev = psycopg2.connect(
@@ -109,13 +121,21 @@ def test_happy_path_every_resource_exists_and_works(saga_dag, warehouse):
         reachable = [db for db in databases if can_connect(role, stored_password(conn_id), db)]
         assert reachable == [own], (role, reachable)
 
-    # The repository holds a committed scaffold.
-    repo = get_settings().repositories_dir / "happy_one"
-    assert (repo / "dbt_project.yml").exists() and (repo / ".git").is_dir()
+    # The repository on the git server holds a committed scaffold, marked with the saga.
+    host = git_admin()
+    assert host.repository("happy_one").saga_id == saga_id
+    url = host.clone_url("happy_one")
+    with git.fetched(url, host) as (tree, commit):
+        assert (tree / "dbt_project.yml").exists()
+        assert journal().step(saga_id, "setup_repository").result == {"repository": url, "commit": commit}
 
-    # The project got its own transformation DAG, which builds with the project's own credentials.
-    bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
+    # The project got its own transformation DAG (from the registered-projects bundle, at that
+    # commit), which builds with the project's own credentials.
+    bag = registered_dagbag(tmp_path / "bundle")
     assert "happy_one" in bag.dags and not bag.import_errors
+    assert (
+        f"running commit `{commit}`" in bag.dags["happy_one"].doc_md and url in bag.dags["happy_one"].doc_md
+    )
     tr = bag.dags["happy_one"].test()
     assert tr.state == "success"
     with admin("dbt_happy_one") as conn:
@@ -125,18 +145,30 @@ def test_happy_path_every_resource_exists_and_works(saga_dag, warehouse):
             "select viewowner from pg_views where schemaname = 'happy_one_prod' and viewname = 'platform_heartbeat'",
         ) == [("happy_one_prod_rw",)]
 
-    # The owner was notified (recorded; SMTP when configured).
-    note = json.loads((get_settings().notifications_dir / f"{saga_id}.json").read_text())
+    # The owner was notified (recorded in the platform database; SMTP when configured), with the
+    # repository's clone URL.
+    note = NotificationLog(platform_dsn()).get("owner", saga_id)
     assert note["to"] == "ana@example.com" and "happy_one" in note["subject"]
+    assert f"Repository: {url}" in note["body"]
 
-    # No password in the journal or XCom.
+    # No password in the journal, XCom, task logs, nor in any file of the project's repository or of
+    # the registered-projects bundle (their whole history).
     passwords = [stored_password(f"dbt_happy_one_{e}") for e in ("dev", "staging", "prod")]
     assert_no_secrets(passwords)
+    for repo in (url, host.clone_url("dbt-platform-projects")):
+        history = git.run_git("log", "-p", "--all", cwd=_clone(repo, host, tmp_path))
+        assert not any(p in history for p in passwords), f"a password in the history of {repo}"
     # Nor in PostgreSQL's log, which records every DDL statement (log_statement = ddl): only the SCRAM
     # verifier, computed by the saga, travelled.
     server_log = (STACK.pg_dir / "postgres.log").read_text(errors="ignore")
     assert 'alter role "happy_one_dev_rw" login password \'SCRAM-SHA-256$' in server_log
     assert not any(p in server_log for p in passwords), "a password reached the server in clear"
+
+
+def _clone(url: str, host, tmp_path: Path) -> Path:
+    dest = tmp_path / f"clone-{uuid.uuid4().hex[:6]}"
+    git.run_git("clone", "-q", url, str(dest), host=host)
+    return dest
 
 
 def can_connect(role: str, password: str, database: str) -> bool:
@@ -388,7 +420,6 @@ def test_recovery_compensates_a_saga_its_dead_run_left_executing():
 
 
 def test_failing_compensation_leaves_saga_failed_alerted_and_redrivable(saga_dag):
-    settings = get_settings()
     before = inventory()
     name = uniq("compfail")
     fault = {"step": "notify_owner", "mode": "permanent", "fail_compensation_of": "setup_repository"}
@@ -416,7 +447,7 @@ def test_failing_compensation_leaves_saga_failed_alerted_and_redrivable(saga_dag
     assert left["repositories"] == sorted([*before["repositories"], name])
     assert left["databases"] == before["databases"]
     assert left["connections"] == before["connections"]
-    alert = json.loads((settings.notifications_dir / "alerts" / f"{saga_id}.json").read_text())
+    alert = NotificationLog(platform_dsn()).get("alert", saga_id)
     assert saga_id in alert["subject"]
     assert f'"saga_id": "{saga_id}"' in alert["body"], "the alert says how to re-drive"
 
@@ -451,8 +482,3 @@ def test_failing_compensation_leaves_saga_failed_alerted_and_redrivable(saga_dag
 def _clean_up_created_projects():
     yield
     undo_completed_sagas()
-
-
-def test_registered_project_dir_is_outside_dags(tmp_path: Path):
-    # Registered projects live under the state dir, never inside the DAG bundle.
-    assert not str(get_settings().registry_dir).startswith(str(REPO_ROOT / "dags"))

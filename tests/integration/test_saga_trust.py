@@ -1,8 +1,10 @@
-"""dbt_project_create tried as a careless or hostile requester would, on real PostgreSQL, git, dbt and
-Airflow runs: least privilege, strict input, fenced and atomic steps, forward after the pivot.
+"""dbt_project_create tried as a careless or hostile requester would, on real PostgreSQL, OpenBao, a
+git server, dbt and Airflow runs: least privilege, strict input, fenced and atomic steps, forward after
+the pivot.
 
-Each test compares the leak inventory (databases, roles, grants, schemas, registry rows, connections,
-repositories, registered projects, secret files) before and after where something must not be left.
+Each test compares the leak inventory (databases, roles, grants, schemas, registry rows, connections
+in OpenBao, repositories on the git server, the registered-projects bundle, local files) before and
+after where something must not be left.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from types import SimpleNamespace
 import pytest
 
 from include.dbt_platform.adapters.postgres import connection_params
-from include.dbt_platform.config import REPO_ROOT, get_settings
+from include.dbt_platform.config import get_settings
 from include.dbt_platform.project_creation import definition as project_saga
 from include.dbt_platform.saga import journal as j
 from include.dbt_platform.saga.engine import OUTCOME_XCOM_KEY, run_step
@@ -324,20 +326,25 @@ def _clean_up_created_projects():
     undo_completed_sagas()
 
 
-def test_registered_projects_cannot_take_a_platform_dags_id(projects_dir: Path):
-    """Defence in depth: a registry entry named like a platform DAG (made by hand here, as a bug or a
-    person could) never replaces the platform DAG; it is reported as an import error instead."""
+def test_registered_projects_cannot_take_a_platform_dags_id(tmp_path: Path):
+    """Defence in depth: a project named like a platform DAG in the registered-projects bundle (put
+    there by hand here, as a bug or a person could) never gets that id; it is reported as an import
+    error of the bundle instead."""
+    import shutil
+
     from airflow.dag_processing.dagbag import DagBag
 
-    registry = Path(get_settings().registry_dir)
+    from include.dbt_platform.transformations import bundle
+
+    folder = tmp_path / "bundle"
+    shutil.copytree(bundle.DAG_FILES, folder)
     for intruder in ("dbt_project_create", "warehouse_setup"):
-        project = registry / intruder
+        project = folder / "projects" / intruder
         (project / "models").mkdir(parents=True)
         (project / "dbt_project.yml").write_text(f"name: {intruder}\nprofile: {intruder}\n")
         (project / "models" / "m.sql").write_text("select 1 as id\n")
         build_manifest(project)
-    bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
-    assert "validate_request" in bag.dags["dbt_project_create"].task_ids, "the saga keeps its id"
-    assert "preflight" in bag.dags["warehouse_setup"].task_ids
+    bag = DagBag(dag_folder=str(folder))
+    assert not {"dbt_project_create", "warehouse_setup"} & set(bag.dags), "the intruders got no DAG"
     (message,) = bag.import_errors.values()
     assert "dbt_project_create" in message and "warehouse_setup" in message and "platform DAG" in message

@@ -46,4 +46,5 @@ LIVE_TARGET = AirflowTarget(
     platform_db=TARGET.platform_db,
     api_port=TARGET.api_port,
     state_dir=TARGET.state_dir,
+    namespace=TARGET.namespace,  # the same OpenBao mount and git org as the in-process tests
 )

@@ -14,7 +14,6 @@ import urllib.parse
 import urllib.request
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
 
 import pytest
 
@@ -334,29 +333,40 @@ def test_a_rest_caller_reads_why_a_run_failed(client):
 
 
 def test_a_registry_entry_named_like_the_saga_dag_never_takes_its_id(client):
-    """The defence in the DAG factory, on the real dag-processor: the saga DAG keeps running the saga."""
-    from include.dbt_platform.config import get_settings
+    """The defence in the DAG factory, on the real dag-processor: a project named like the saga DAG,
+    pushed into the registered-projects bundle by hand (as a bug or a person could), is reported as an
+    import error of the bundle, and the saga DAG keeps running the saga."""
+    from include.dbt_platform.adapters import git
+    from include.dbt_platform.transformations import bundle
+    from tests.harness import git_admin
 
-    intruder = get_settings().registry_dir / DAG_ID
-    (intruder / "models").mkdir(parents=True, exist_ok=True)
-    (intruder / "dbt_project.yml").write_text(f"name: {DAG_ID}\nprofile: {DAG_ID}\n")
-    (intruder / "models" / "platform_heartbeat.sql").write_text("select 1 as id\n")
-    build_manifest(intruder)
-    written = time.time()
+    host = git_admin()
+
+    def add_intruder(tree):
+        intruder = tree / bundle.PROJECTS / DAG_ID
+        (intruder / "models").mkdir(parents=True, exist_ok=True)
+        (intruder / "dbt_project.yml").write_text(f"name: {DAG_ID}\nprofile: {DAG_ID}\n")
+        (intruder / "models" / "platform_heartbeat.sql").write_text("select 1 as id\n")
+        build_manifest(intruder)
+        return "An intruder named like the saga DAG"
+
+    def remove_intruder(tree):
+        shutil.rmtree(tree / bundle.PROJECTS / DAG_ID, ignore_errors=True)
+        return "Remove the intruder"
+
+    git.update(bundle.url(host), host, add_intruder)
     try:
 
         def reported():
             _, errors = client.request("GET", "/importErrors?limit=100")
             found = [
-                e for e in errors.get("import_errors", []) if "transformation_import_errors" in e["filename"]
+                e for e in errors.get("import_errors", []) if "registered_project_errors" in e["filename"]
             ]
             return any(DAG_ID in e["stack_trace"] and "platform DAG" in e["stack_trace"] for e in found)
 
         wait_for(reported, 240, "the dag-processor to report the intruding project")
         _, dag = client.request("GET", f"/dags/{DAG_ID}")
-        assert (
-            datetime.fromisoformat(dag["last_parsed_time"].replace("Z", "+00:00")).timestamp() > written - 60
-        )
+        assert dag["bundle_name"] == "dags-folder", "the saga DAG is still the platform's"
         run_id, saga_id = trigger(client, request(uniq("live_keep"), environments=["dev"]))
         assert client.wait_for_run(DAG_ID, run_id, timeout=300)["state"] == "success"
         tasks = set(client.task_states(DAG_ID, run_id))
@@ -364,7 +374,7 @@ def test_a_registry_entry_named_like_the_saga_dag_never_takes_its_id(client):
         assert not any("heartbeat" in t or "producer" in t for t in tasks)
         assert journal().get(saga_id).state == j.COMPLETED
     finally:
-        shutil.rmtree(intruder, ignore_errors=True)
+        git.update(bundle.url(host), host, remove_intruder)
 
 
 def test_who_may_do_what_viewer_reads_requester_runs_the_lifecycle_admin_sets_up(client):

@@ -299,17 +299,37 @@ def _descendants(roots: list[int]) -> set[int]:
     return found
 
 
+def _is_git(env: str) -> bool:
+    """A git process (``git ...``, ``git-remote-http``), from its command line."""
+    program = env.split("cmdline=")[-1].split("\0")[0]
+    return Path(program).name in {"git", "git-remote-http", "git-remote-https"}
+
+
 def test_no_process_of_the_stack_holds_a_secret_in_its_environment(client):
     """Every Airflow component and every task process (the build's dbt among them) runs with no
-    password, DSN or key in its environment: they are in files only the stack's user can read."""
-    from devstack.settings import STACK_ROLES, airflow_password, pg_password, role_password, stored_secret
+    password, DSN, key or token in its environment: they are in OpenBao or in files only the stack's
+    user can read. The one exception is git's own credential: a git process (cloning the
+    registered-projects bundle) is handed the git server's password by its parent, as a credential
+    helper reads it, and nothing else gets it."""
+    import json
 
+    from devstack.git_server import git_password
+    from devstack.openbao import init_file, token_file
+    from devstack.settings import STACK_ROLES, airflow_password, pg_password, role_password, stored_secret
+    from tests.harness import secrets_admin
+
+    bao = json.loads(init_file(STACK).read_text())
     secrets = {
         "the PostgreSQL superuser's password": pg_password(STACK),
         "Airflow's admin password": airflow_password(STACK),
         "Airflow's viewer password": stored_secret(STACK, "airflow_viewer_password"),
         "the API's JWT secret": stored_secret(STACK, "jwt_secret"),
         **{f"role {role}'s password": role_password(STACK, role) for role, _ in STACK_ROLES.values()},
+        "OpenBao's root token": bao["root_token"],
+        "OpenBao's unseal key": bao["unseal_key"],
+        "Airflow's OpenBao token": token_file(STACK, LIVE_TARGET.secrets_mount).read_text().strip(),
+        "the sagas' OpenBao token": secrets_admin().entry("platform_secrets")["password"],
+        "the git server's password": git_password(STACK),
     }
     # The one credential a transformation's dbt needs: its own connection's, which Cosmos hands to
     # dbt's profile as COSMOS_CONN_* variables. Anywhere else it is a leak too.
@@ -345,7 +365,9 @@ def test_no_process_of_the_stack_holds_a_secret_in_its_environment(client):
             (name, what)
             for name, value in items
             for what, secret in secrets.items()
-            if secret in value and not (name.startswith("COSMOS_CONN_") and secret == own)
+            if secret in value
+            and not (name.startswith("COSMOS_CONN_") and secret == own)
+            and not (what == "the git server's password" and _is_git(env))
         ]
         assert not leaks, f"pid {pid} ({env.split('cmdline=')[-1][:80]!r}) holds {leaks}"
 

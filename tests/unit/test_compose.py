@@ -7,6 +7,7 @@ tests/schemas/, from the compose-spec project) and what the DAGs need from each 
 from __future__ import annotations
 
 import json
+import os
 
 import jsonschema
 import pytest
@@ -82,8 +83,17 @@ def test_every_airflow_service_mounts_and_configures_the_project(compose):
         env = svc["environment"]
         assert env["PYTHONPATH"] == "/opt/airflow"
         assert env["DBT_PLATFORM_PROJECTS_DIR"] == "/opt/airflow/dbt_projects"
-        assert env["AIRFLOW_CONN_WAREHOUSE"].endswith("/warehouse")
-        assert env["AIRFLOW_CONN_PLATFORM"].endswith("/platform")
+        assert not [k for k in env if k.startswith("AIRFLOW_CONN_")], "connections live in OpenBao"
+        for key in ("AIRFLOW__SECRETS__BACKEND", "AIRFLOW__WORKERS__SECRETS_BACKEND"):
+            assert env[key] == "airflow.providers.hashicorp.secrets.vault.VaultBackend", (name, key)
+            kwargs = json.loads(env[f"{key}_KWARGS"])
+            assert kwargs["url"] == "http://openbao:8200" and "token" not in kwargs, (
+                "a token path, never a token"
+            )
+            assert any(mount_target(v) == os.path.dirname(kwargs["token_path"]) for v in svc["volumes"])
+        bundles = json.loads(env["AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST"])
+        assert [b["name"] for b in bundles] == ["dags-folder", "registered_projects"]
+        assert bundles[1]["kwargs"]["repo_url"].startswith("http://git-server:8000/")
         assert env["AIRFLOW__COSMOS__ENABLE_TELEMETRY"] == "False"
         assert env["DO_NOT_TRACK"] == "true"
 
@@ -107,7 +117,7 @@ def test_referenced_files_exist(compose):
 
 SECRETS = ("POSTGRES_PASSWORD", "AIRFLOW_DB_PASSWORD", "PLATFORM_DB_PASSWORD", "WAREHOUSE_DB_PASSWORD",
            "REDIS_PASSWORD", "AIRFLOW_JWT_SECRET", "AIRFLOW_FERNET_KEY", "AIRFLOW_API_SECRET_KEY",
-           "AIRFLOW_ADMIN_PASSWORD", "AIRFLOW_PLATFORM_PASSWORD")  # fmt: skip
+           "AIRFLOW_ADMIN_PASSWORD", "AIRFLOW_PLATFORM_PASSWORD", "GIT_PASSWORD")  # fmt: skip
 
 
 def test_no_secret_has_a_default_and_redis_requires_a_password(compose):
@@ -127,9 +137,22 @@ def test_no_secret_has_a_default_and_redis_requires_a_password(compose):
     assert broker.startswith("redis://:${REDIS_PASSWORD:?"), broker
     for name, svc in airflow_services(compose).items():
         env = svc["environment"]
-        assert env["AIRFLOW__CORE__AUTH_MANAGER"].endswith("FabAuthManager"), "real roles"
-        assert env["AIRFLOW_CONN_PLATFORM"].startswith("postgres://dbt_platform:"), name
-        assert env["AIRFLOW_CONN_WAREHOUSE"].startswith("postgres://warehouse:"), name
+        assert env["AIRFLOW__CORE__AUTH_MANAGER"].endswith("FabAuthManager"), ("real roles", name)
+    # The platform's own connections are written into OpenBao by airflow-init, least privilege kept.
+    init = (REPO_ROOT / "scripts" / "compose_init_services.py").read_text()
+    assert '"login": "dbt_platform"' in init and '"login": "warehouse"' in init
+    assert '"dbt_platform_airflow_api"' in init and 'env["AIRFLOW_PLATFORM_PASSWORD"]' in init
+
+
+def test_openbao_and_the_git_server_are_internal_and_keep_their_data_in_volumes(compose):
+    services = compose["services"]
+    assert services["openbao"]["command"] == "server" and "ports" not in services["openbao"]
+    config = json.loads(services["openbao"]["environment"]["BAO_LOCAL_CONFIG"])
+    assert "raft" in config["storage"]
+    git = services["git-server"]
+    assert "ports" not in git and "devstack.git_server" in git["command"][-1]
+    assert (REPO_ROOT / "devstack" / "git_server.py").exists()
+    assert "python /opt/airflow/scripts/compose_init_services.py" in services["airflow-init"]["command"][-1]
 
 
 def test_the_triggerer_is_stock_and_finds_the_patch_in_the_plugins_folder(compose):
@@ -145,14 +168,14 @@ def test_the_triggerer_is_stock_and_finds_the_patch_in_the_plugins_folder(compos
 
 def test_metrics_and_lineage_are_switched_on(compose):
     """StatsD to the statsd-exporter service (the mapping the local stack reads too), Prometheus
-    scraping it, OpenLineage to a file in the shared state volume."""
+    scraping it, OpenLineage to a file beside the logs."""
     services = compose["services"]
     for name, svc in airflow_services(compose).items():
         env = svc["environment"]
         assert env["AIRFLOW__METRICS__STATSD_ON"] == "true", name
         assert env["AIRFLOW__METRICS__STATSD_HOST"] == "statsd-exporter", name
         transport = json.loads(env["AIRFLOW__OPENLINEAGE__TRANSPORT"])
-        assert transport["type"] == "file" and transport["log_file_path"].startswith("/opt/airflow/state/")
+        assert transport["type"] == "file" and transport["log_file_path"].startswith("/opt/airflow/logs/")
     exporter = services["statsd-exporter"]
     assert exporter["image"].startswith("prom/statsd-exporter:")
     mapping = next(v for v in exporter["volumes"] if v.endswith(":ro") and "statsd_mapping.yml" in v)

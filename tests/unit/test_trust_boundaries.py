@@ -1,20 +1,16 @@
 """What keeps a requester inside their own project, without a database: strict requests, the error
-taxonomy of a mail server, the connection store, and dbt runs that never see a platform secret."""
+taxonomy of a mail server, and dbt runs that never see a platform secret. (The connection store's
+promises are held against a real OpenBao: tests/integration/test_secrets_store.py.)"""
 
 from __future__ import annotations
 
-import json
 import os
 import smtplib
-import stat
-from pathlib import Path
 
 import pytest
 
-from include.dbt_platform import boundaries
-from include.dbt_platform.adapters.secrets import ConnectionStore
 from include.dbt_platform.config import PLATFORM_DAG_IDS
-from include.dbt_platform.errors import Conflict, PermanentError, RequestInvalid, TransientError, classify
+from include.dbt_platform.errors import PermanentError, RequestInvalid, TransientError, classify
 from include.dbt_platform.project_creation.request import parse_request
 from include.dbt_platform.transformations import dbt
 from tests.saga_requests import request
@@ -72,57 +68,6 @@ def test_only_a_definitive_smtp_rejection_is_permanent(exc, kind):
     err = classify(exc)
     assert type(err) is kind, err
     assert err.retryable == (kind is TransientError)
-
-
-# --------------------------------------------------------------------------------- the connection store
-
-
-def entry(store_path: Path) -> dict:
-    return json.loads(store_path.read_text())
-
-
-def put(store: ConnectionStore, conn_id: str, saga_id: str, password: str = "pw") -> None:
-    store.put(conn_id, saga_id=saga_id, host="127.0.0.1", port=5432, login="r", password=password,
-              database="db", schema="s")  # fmt: skip
-
-
-def test_the_store_never_overwrites_or_removes_an_entry_it_did_not_create(tmp_path: Path):
-    path = tmp_path / "secrets" / "connections.json"
-    store = ConnectionStore(path)
-    store.set_platform_connection("platform", {"conn_type": "postgres", "password": "platform-pw"})
-    put(store, "dbt_sales_dev", "saga-a")
-    put(store, "dbt_sales_dev", "saga-a", password="rotated")  # the same saga again: fine
-    with pytest.raises(Conflict, match="not made by this saga"):
-        put(store, "dbt_sales_dev", "saga-b")
-    with pytest.raises(Conflict):
-        put(store, "platform", "saga-b")
-    with pytest.raises(Conflict, match="belongs to saga"):
-        store.set_platform_connection("dbt_sales_dev", {"conn_type": "postgres"})
-    assert not store.delete("dbt_sales_dev", "saga-b") and not store.delete("platform", "saga-b")
-    data = entry(path)
-    assert data["dbt_sales_dev"]["password"] == "rotated" and data["platform"]["password"] == "platform-pw"
-    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-
-
-def test_a_crash_while_writing_leaves_the_old_file_whole_and_the_next_change_cleans_up(tmp_path: Path):
-    path = tmp_path / "connections.json"
-    store = ConnectionStore(path)
-    put(store, "dbt_a_dev", "saga-a")
-    before = path.read_text()
-
-    class Crash(Exception):
-        pass
-
-    def crash(label: str) -> None:
-        raise Crash(label)
-
-    with boundaries.watching(crash), pytest.raises(Crash, match="temporary file"):
-        put(store, "dbt_b_dev", "saga-b")
-    assert path.read_text() == before, "the file is the old one, whole"
-    assert list(tmp_path.glob(".connections.json.*.tmp")), "the crash left its temporary file"
-    put(store, "dbt_c_dev", "saga-c")
-    assert not list(tmp_path.glob(".connections.json.*.tmp"))
-    assert set(entry(path)) == {"dbt_a_dev", "dbt_c_dev"}
 
 
 # --------------------------------------------------------------------------------- dbt's environment

@@ -13,6 +13,7 @@ import secrets
 from psycopg2.extensions import parse_dsn
 
 from include.dbt_platform.adapters import git
+from include.dbt_platform.adapters import secrets as secrets_adapter
 from include.dbt_platform.adapters.postgres import Postgres, platform_dsn, projects_dsn
 from include.dbt_platform.adapters.registry import Registry
 from include.dbt_platform.adapters.secrets import ConnectionStore
@@ -20,6 +21,7 @@ from include.dbt_platform.boundaries import boundary
 from include.dbt_platform.config import get_settings
 from include.dbt_platform.errors import RequestInvalid
 from include.dbt_platform.project_creation.request import ENVIRONMENTS, ProjectRequest
+from include.dbt_platform.project_creation.scaffold import scaffold
 from include.dbt_platform.saga.definition import StepContext
 from include.dbt_platform.saga.journal import Journal, SagaRecord
 
@@ -43,7 +45,8 @@ def journal() -> Journal:
 
 
 def connection_store() -> ConnectionStore:
-    return ConnectionStore(get_settings().state_dir / "secrets" / "connections.json")
+    """The secrets manager the projects' connections go to (Airflow reads them from there)."""
+    return secrets_adapter.connection_store()
 
 
 def primary_environment(req: ProjectRequest) -> str:
@@ -111,13 +114,13 @@ def drop_environments(ctx: StepContext) -> None:
 
 def setup_repository(ctx: StepContext) -> dict:
     req: ProjectRequest = ctx.request
-    path = get_settings().repositories_dir / req.project_name
-    git.create_repository(path, git.scaffold(req.project_name, req.owner, req.description), ctx.saga_id)
-    return {"repository": str(path)}
+    files = scaffold(req.project_name, req.owner, req.description)
+    repository, commit = git.publish_repository(git.git_host(), req.project_name, files, ctx.saga_id)
+    return {"repository": repository.clone_url, "commit": commit}
 
 
 def remove_repository(ctx: StepContext) -> None:
-    git.remove_repository(get_settings().repositories_dir / ctx.request.project_name, ctx.saga_id)
+    git.git_host().delete_repository(ctx.request.project_name, ctx.saga_id)
 
 
 def create_credentials(ctx: StepContext) -> dict:
@@ -182,15 +185,15 @@ def revoke_entitlements(ctx: StepContext) -> None:
 
 
 def register_transformations(ctx: StepContext) -> dict:
-    from include.dbt_platform.transformations.manifests import build_manifest
-    from include.dbt_platform.transformations.projects import write_platform_file
+    """The project's repository, at its head, enters the registered-projects bundle with its
+    manifest: the dag-processor gives it a DAG, any worker runs it."""
+    from include.dbt_platform.transformations import bundle
 
     req: ProjectRequest = ctx.request
-    settings = get_settings()
-    dest = settings.registry_dir / req.project_name
+    host = git.git_host()
     env = primary_environment(req)
     access_roles = owner_access_roles(req.owner)
-    platform = {
+    settings = {
         "conn_id": req.conn_id(env),
         "schema": req.schema(env),
         "owner": req.owner,
@@ -198,11 +201,17 @@ def register_transformations(ctx: StepContext) -> dict:
         "description": req.description or f"Created by {SAGA_NAME} (saga {ctx.saga_id}).",
     }
     if access_roles is not None:
-        platform["access_roles"] = access_roles
-    with git.cloned(settings.repositories_dir / req.project_name, dest, ctx.saga_id) as staging:
-        write_platform_file(staging, platform)
-    build_manifest(dest)
-    return {"registered": str(dest), "environment": env, "access_roles": access_roles}
+        settings["access_roles"] = access_roles
+    url = host.clone_url(req.project_name)
+    with git.fetched(url, host) as (tree, commit):
+        bundle.register(host, req.project_name, saga_id=ctx.saga_id, repository=url, source=tree,
+                        commit=commit, settings=settings)  # fmt: skip
+    return {
+        "registered": req.project_name,
+        "commit": commit,
+        "environment": env,
+        "access_roles": access_roles,
+    }
 
 
 def owner_access_roles(owner: str) -> list[str] | None:
@@ -218,7 +227,9 @@ def owner_access_roles(owner: str) -> list[str] | None:
 
 
 def unregister_transformations(ctx: StepContext) -> None:
-    git.remove_repository(get_settings().registry_dir / ctx.request.project_name, ctx.saga_id)
+    from include.dbt_platform.transformations import bundle
+
+    bundle.unregister(git.git_host(), ctx.request.project_name, ctx.saga_id)
 
 
 def notify_owner(ctx: StepContext) -> dict:
@@ -228,16 +239,18 @@ def notify_owner(ctx: StepContext) -> dict:
     settings = get_settings()
     body = (
         f"Your dbt project '{req.project_name}' is ready.\n"
+        f"Repository: {git.git_host().clone_url(req.project_name)}\n"
+        "  Clone it and push to main: within a few minutes its transformation DAG runs what you\n"
+        "  pushed (a push dbt cannot parse is not deployed; the DAG's page says why).\n"
         f"Database: {req.database_name}; environments: {', '.join(req.environments)}.\n"
         f"Airflow connections: {', '.join(req.conn_id(e) for e in req.environments)}.\n"
-        f"Transformation DAG: {req.project_name}. Repository: {settings.repositories_dir / req.project_name}.\n"
+        f"Transformation DAG: {req.project_name}.\n"
     )
     body += _who_sees_it(journal().step(ctx.saga_id, "register_transformations"), req.owner)
     OwnerNotifier(
         to=req.owner,
         subject=f"dbt project {req.project_name} is ready",
         body=body,
-        record_dir=str(settings.notifications_dir),
         record_name=ctx.saga_id,
         smtp_conn_id=settings.smtp_conn_id,
     ).notify({})
@@ -254,7 +267,7 @@ def _who_sees_it(registered, owner: str) -> str:
         return (
             f"In Airflow, the DAG is not granted to you: Airflow has no role {owner_role(owner)}. "
             "Ask the platform team to create it (with you in it) and grant it to the DAG "
-            "(the project's platform.yml, access_roles).\n"
+            "(access_roles in the project's registration; docs/security.md).\n"
         )
     return ""
 
@@ -271,7 +284,7 @@ def alert(saga: SagaRecord, failures: list[str]) -> None:
 
     settings = get_settings()
     deliver(
-        settings.notifications_dir / "alerts",
+        "alert",
         saga.saga_id,
         to="data-platform-oncall",
         subject=f"saga {saga.saga_id} FAILED: compensation needs attention",

@@ -46,9 +46,9 @@ def _validate(ctx: StepContext) -> dict:
     for reader in req.readers:
         if reasons := pg.platform_role_reasons(reader):
             raise RequestInvalid(f"reader role '{reader}' is a platform role ({', '.join(reasons)})")
-    repository = settings.repositories_dir / req.project_name
-    if repository.exists() and git.marker_of(repository) != ctx.saga_id:
-        raise Conflict(f"a repository named '{req.project_name}' already exists")
+    repository = git.git_host().repository(req.project_name)  # the git server is reached
+    if repository is not None and repository.saga_id != ctx.saga_id:
+        raise Conflict(f"a repository named '{req.project_name}' already exists on the git server")
     return {
         "project_name": req.project_name,
         "database": req.database_name,

@@ -119,20 +119,16 @@ def revoke_access(ctx: StepContext) -> None:
 
 
 def _retarget(req: AddEnvironmentRequest, environments) -> dict:
-    """Point the registered project's platform.yml at the primary one of ``environments``."""
-    from include.dbt_platform.transformations.manifests import build_manifest
-    from include.dbt_platform.transformations.projects import read_platform_file, write_platform_file
+    """Point the registered project (in the registered-projects bundle) at the primary one of
+    ``environments``: its connection and schema; its manifest is rebuilt."""
+    from include.dbt_platform.adapters import git
+    from include.dbt_platform.transformations import bundle
 
-    registered = get_settings().registry_dir / req.project_name
-    if not (registered / "dbt_project.yml").exists():
-        return {"registered": False}
     env = common.primary_environment(environments)
-    platform = read_platform_file(registered)
-    if (platform.get("conn_id"), platform.get("schema")) == (req.conn_id(env), req.schema(env)):
-        return {"environment": env, "changed": False}
-    write_platform_file(registered, {**platform, "conn_id": req.conn_id(env), "schema": req.schema(env)})
-    build_manifest(registered)
-    return {"environment": env, "changed": True}
+    commit = bundle.retarget(
+        git.git_host(), req.project_name, {"conn_id": req.conn_id(env), "schema": req.schema(env)}
+    )
+    return {"environment": env, "changed": commit is not None}
 
 
 def retarget_transformations(ctx: StepContext) -> dict:

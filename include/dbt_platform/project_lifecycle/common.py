@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from include.dbt_platform.adapters import secrets as secrets_adapter
 from include.dbt_platform.adapters.breaker import guarded
 from include.dbt_platform.adapters.postgres import Postgres, platform_dsn, projects_dsn
 from include.dbt_platform.adapters.registry import ProjectRecord, Registry
@@ -31,7 +32,7 @@ def journal() -> Journal:
 
 
 def connection_store() -> ConnectionStore:
-    return ConnectionStore(get_settings().state_dir / "secrets" / "connections.json")
+    return secrets_adapter.connection_store()
 
 
 def project_of(ctx: StepContext, *, claimed: bool = False) -> ProjectRecord:
@@ -97,7 +98,6 @@ def tell_owner(ctx: StepContext, project: ProjectRecord, subject: str, body: str
         to=project.owner,
         subject=subject,
         body=body,
-        record_dir=str(settings.notifications_dir),
         record_name=ctx.saga_id,
         smtp_conn_id=settings.smtp_conn_id,
     ).notify({})

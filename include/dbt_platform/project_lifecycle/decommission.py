@@ -6,12 +6,12 @@
 | claim_project | the project is DECOMMISSIONING, held by this saga | ACTIVE again | 3 | 2 min |
 | pause_transformations | the project's DAG is paused (through Airflow's API) | unpaused, if it was not paused before | 3 | 2 min |
 | wait_for_runs | no run of the DAG is queued or running (retried while one is; no effects) | — | 3 | 2 min |
-| unregister_transformations | the project's DAG is unregistered (no longer scheduled, gone from the UI) | registered again | 3 | 5 min |
+| unregister_transformations | the project leaves the registered-projects bundle (set aside: no longer scheduled, gone from the UI) | registered again | 3 | 5 min |
 | disable_logins | the project's login roles may no longer log in | they may again | 3 | 2 min |
-| archive_repository | the repository, every ref, in `<state>/archives/` (kept) | the archive removed | 3 | 5 min |
+| archive_repository | the repository is archived on the git server (renamed `<name>.archived-<id>`, read-only, kept) | unarchived | 3 | 5 min |
 | drop_roles | pivot: the project's roles (login, owner, reader) and what they own, in one transaction | — | 3 | 5 min |
 | delete_connections | the project's Airflow connections | — (forward) | 3 | 2 min |
-| remove_repository | the repository and the unregistered copy | — (forward) | 3 | 5 min |
+| remove_repository | the set-aside copy in the bundle (the archived repository stays) | — (forward) | 3 | 5 min |
 | drop_database | the database, if the request says so and the project created it (an adopted one never) | — (forward) | 3 | 5 min |
 | retire_project | the registry row moves to `platform.project_history`: the name is free | — (forward) | 3 | 2 min |
 | notify_owner | tell the owner | — (forward) | 3 | 2 min |
@@ -29,7 +29,6 @@ and what follows is retried (by the run, its failure callback and the recovery s
 
 from __future__ import annotations
 
-import shutil
 from datetime import timedelta
 from functools import cache
 
@@ -41,6 +40,7 @@ from include.dbt_platform.project_creation.definition import configured
 from include.dbt_platform.project_lifecycle import common
 from include.dbt_platform.project_lifecycle.requests import DecommissionRequest, parse_decommission
 from include.dbt_platform.saga.definition import SagaDefinition, Step, StepContext
+from include.dbt_platform.transformations import bundle
 
 SAGA_NAME = "dbt_project_decommission"
 
@@ -54,10 +54,6 @@ def _roles(req: DecommissionRequest, project) -> dict[str, str]:
     """Every role of the project -> the saga that made it (whose marker it carries)."""
     roles = {req.login_role(env): saga for env, (_, saga) in project.environments.items()}
     return {**roles, req.owner_role: project.saga_id, req.reader_role: project.saga_id}
-
-
-def _archive_path(ctx: StepContext):
-    return get_settings().state_dir / "archives" / f"{ctx.request.project_name}.{ctx.saga_id[:8]}.bundle"
 
 
 def validate_request(ctx: StepContext) -> dict:
@@ -115,12 +111,12 @@ def wait_for_runs(ctx: StepContext) -> dict:
 
 def unregister_transformations(ctx: StepContext) -> dict:
     common.project_of(ctx, claimed=True)
-    registered = get_settings().registry_dir / ctx.request.project_name
-    return {"set_aside": str(git.move_aside(registered, ctx.saga_id))}
+    bundle.set_aside(git.git_host(), ctx.request.project_name, ctx.saga_id)
+    return {"set_aside": ctx.request.project_name}
 
 
 def register_again(ctx: StepContext) -> None:
-    git.move_back(get_settings().registry_dir / ctx.request.project_name, ctx.saga_id)
+    bundle.put_back(git.git_host(), ctx.request.project_name, ctx.saga_id)
 
 
 def disable_logins(ctx: StepContext) -> dict:
@@ -142,14 +138,13 @@ def enable_logins(ctx: StepContext) -> None:
 
 def archive_repository(ctx: StepContext) -> dict:
     common.project_of(ctx, claimed=True)
-    repository = get_settings().repositories_dir / ctx.request.project_name
-    if not repository.exists():
-        return {"archive": None}
-    return {"archive": str(git.archive(repository, _archive_path(ctx)))}
+    archived = git.git_host().archive_repository(ctx.request.project_name, ctx.saga_id)
+    return {"archive": archived.name if archived else None}
 
 
 def remove_archive(ctx: StepContext) -> None:
-    _archive_path(ctx).unlink(missing_ok=True)
+    """Compensation: the repository is the project's again, under its name, open to pushes."""
+    git.git_host().unarchive_repository(ctx.request.project_name, ctx.saga_id)
 
 
 def drop_roles(ctx: StepContext) -> dict:
@@ -173,12 +168,8 @@ def delete_connections(ctx: StepContext) -> dict:
 
 
 def remove_repository(ctx: StepContext) -> dict:
-    project = _project(ctx)
-    settings = get_settings()
-    if project is not None:
-        git.remove_repository(settings.repositories_dir / project.name, project.saga_id)
-    aside = git.move_aside(settings.registry_dir / ctx.request.project_name, ctx.saga_id)
-    shutil.rmtree(aside, ignore_errors=True)
+    """The copy the bundle set aside goes; the repository itself stays archived on the git server."""
+    bundle.drop_aside(git.git_host(), ctx.request.project_name, ctx.saga_id)
     return {"removed": ctx.request.project_name}
 
 
@@ -203,14 +194,16 @@ def notify_owner(ctx: StepContext) -> dict:
 
     journal = common.journal()
     owner = (journal.step(ctx.saga_id, "validate_request").result or {}).get("owner")
+    archive = (journal.step(ctx.saga_id, "archive_repository").result or {}).get("archive")
     record = ProjectRecord(ctx.request.project_name, "", owner or "data-platform-oncall", "", "", None, {})
     kept = "kept" if not ctx.request.drop_database else "dropped (if the platform created it)"
     return common.tell_owner(
         ctx,
         record,
         f"dbt project {record.name} was decommissioned",
-        f"Your dbt project '{record.name}' was decommissioned: its DAG, roles, connections and repository "
-        f"are gone (the repository is archived under {_archive_path(ctx).name}); its database was {kept}.\n",
+        f"Your dbt project '{record.name}' was decommissioned: its DAG, roles and connections are gone; "
+        + (f"its repository is archived (read-only) on the git server as {archive}; " if archive else "")
+        + f"its database was {kept}.\n",
     )
 
 
@@ -239,13 +232,13 @@ def _declared() -> SagaDefinition:
             Step("disable_logins", disable_logins, enable_logins, db, timedelta(minutes=2),
                  doc="The project's login roles may no longer log in."),
             Step("archive_repository", archive_repository, remove_archive, db, timedelta(minutes=5),
-                 doc="The repository, every ref, archived (and kept)."),
+                 doc="The repository archived on the git server: read-only, renamed, kept."),
             Step("drop_roles", drop_roles, None, db, timedelta(minutes=5),
                  doc="Pivot: the project's roles and what they own, in one transaction."),
             Step("delete_connections", delete_connections, None, db, timedelta(minutes=2),
                  doc="The project's Airflow connections."),
             Step("remove_repository", remove_repository, None, db, timedelta(minutes=5),
-                 doc="The repository and the unregistered copy."),
+                 doc="The set-aside copy in the bundle (the archived repository stays)."),
             Step("drop_database", drop_database, None, db, timedelta(minutes=5),
                  doc="The database, if asked and the project created it."),
             Step("retire_project", retire_project, None, db, timedelta(minutes=2),

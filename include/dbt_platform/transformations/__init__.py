@@ -6,7 +6,10 @@
                       and the project's dbt docs (``target/static_index.html``) (``make manifests``)
     failures.py       why a dbt run failed and whether a retry can help (no retry when not)
     cosmos_config.py  every Cosmos configuration object, built in one place
-    factory.py        the DAG factory (``dags/transformations.py``) and the import-error report
+    factory.py        the DAG factory (``dags/transformations.py``, the bundle's ``registered_projects.py``)
+                      and the import-error report
+    bundle.py         the registered-projects bundle on the git server (its DAG files: bundle_files/)
+    sync.py           pushes take effect: a project's newest commit deployed into the bundle
     assets.py         stable Airflow assets per model, for data-aware scheduling
     marts_report.py   what the example downstream DAG computes
     lineage.py        OpenLineage events per model in the triggerer mode (LOCAL: the provider's own)
@@ -15,6 +18,5 @@
                       the triggerer
 
 It imports :mod:`include.dbt_platform.config`, :mod:`include.dbt_platform.errors`,
-:mod:`include.dbt_platform.observability`, the Postgres
-adapter, Cosmos, dbt and Airflow.
+:mod:`include.dbt_platform.observability`, the Postgres and git adapters, Cosmos, dbt and Airflow.
 """

@@ -1,15 +1,17 @@
 """The DAG factory: one Cosmos transformation DAG per dbt project.
 
-``dags/transformations.py`` calls :func:`build_transformation_dags` for every loadable project;
-``dags/transformation_import_errors.py`` turns every project that cannot be loaded into an import
+``dags/transformations.py`` calls :func:`build_transformation_dags` for every loadable bundled
+project; ``dags/transformation_import_errors.py`` turns every one that cannot be loaded into an import
 error naming it. Two files because Airflow records import errors per file and marks every DAG of a
-failing file stale: one broken project must not hide the healthy ones.
+failing file stale: one broken project must not hide the healthy ones. The registered-projects bundle
+(:mod:`.bundle`) has the same two files, which pass their own ``projects/`` folder as ``registered``.
 """
 
 from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from cosmos import DbtDag
 
@@ -49,12 +51,35 @@ def dag_doc(project: DbtProject, test_behavior: str, source_freshness: bool = Fa
     )
     return (
         f"# dbt project `{project.name}`\n\n"
+        f"{rejected_warning(project)}{source_of(project)}"
         f"{project.description or 'Transformations of the dbt project at'} `{project.path}`.\n\n"
         f"{tasks}seeds load first. {freshness}"
         f"dbt runs against Airflow connection `{project.conn_id}`, schema `{project.schema}`. "
         "Models emit Airflow assets, so downstream DAGs can be scheduled on them.\n\n"
         "Rendered by astronomer-cosmos from the project's manifest "
         "(`make manifests` rebuilds it)."
+    )
+
+
+def source_of(project: DbtProject) -> str:
+    """Where a registered project's code comes from, and which commit runs."""
+    if not project.repository:
+        return ""
+    return (
+        f"Repository: `{project.repository}` (branch `main`); running commit `{project.commit}`. "
+        "What the owner pushes runs within a few minutes (`project_sync`), once dbt can parse it.\n\n"
+    )
+
+
+def rejected_warning(project: DbtProject) -> str:
+    """The banner of a project whose newest push could not be parsed (the last good one runs)."""
+    if not project.rejected:
+        return ""
+    reason = str(project.rejected.get("reason", "")).strip().replace("\n", "\n> ")
+    return (
+        f"> **Warning: the latest push `{str(project.rejected.get('commit'))[:12]}` is not running.** "
+        f"dbt could not parse it; this DAG still runs `{str(project.commit)[:12]}`, the last good version. "
+        f"Fix the project and push again. dbt said:\n>\n> {reason}\n\n"
     )
 
 
@@ -130,12 +155,15 @@ def declare_model_assets(dag: DbtDag, project: DbtProject) -> None:
             task.outlets = [*task.outlets, outlets[uid]]
 
 
-def build_transformation_dags(settings: Settings | None = None) -> dict[str, DbtDag]:
-    """Build the DAG of every loadable project. Unloadable ones are reported by the other DAG file."""
+def build_transformation_dags(
+    settings: Settings | None = None, registered: Path | None = None
+) -> dict[str, DbtDag]:
+    """Build the DAG of every loadable bundled project (with ``registered``: of every project under
+    that folder). Unloadable ones are reported by the other DAG file."""
     from airflow.sdk import get_parsing_context
 
     settings = settings or get_settings()
-    projects = discover(settings).projects
+    projects = discover(settings, registered).projects
     # A task process parses this file only to run one DAG's task: render just that DAG (Airflow's
     # parsing context). The dag-processor has no DAG id in its context and renders them all.
     wanted = get_parsing_context().dag_id
@@ -150,9 +178,9 @@ def build_transformation_dags(settings: Settings | None = None) -> dict[str, Dbt
     return dags
 
 
-def raise_for_unloadable_projects(settings: Settings | None = None) -> None:
+def raise_for_unloadable_projects(settings: Settings | None = None, registered: Path | None = None) -> None:
     """Raise one DbtProjectError naming every project that cannot be loaded (none: return)."""
-    errors = discover(settings).errors
+    errors = discover(settings, registered).errors
     if errors:
         lines = [f"{len(errors)} dbt project(s) cannot be turned into DAGs:"]
         lines += [f"- {reason}" for _, reason in sorted(errors.items())]

@@ -1,9 +1,12 @@
-"""Discover dbt projects: those shipped under ``dbt_projects/`` and those registered by the saga.
+"""Discover dbt projects: those shipped under ``dbt_projects/`` and those the sagas registered
+(in the registered-projects DAG bundle, :mod:`.bundle`, whose DAG file passes its own folder).
 
 A dbt project is a folder holding ``dbt_project.yml``. An optional ``platform.yml`` beside it says
 how the platform runs it (Airflow connection, target schema, schedule, owner, tags, Cosmos execution
 mode, ``warehouse_setup`` checks); without it the defaults from :mod:`include.dbt_platform.config`
-apply. This module is the only one that reads or writes ``platform.yml``.
+apply. A registered project also has ``.platform/`` (:mod:`.bundle`): its repository, the commit
+running and a newer one that was rejected. This module is the only one that reads or writes
+``platform.yml``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import yaml
 from include.dbt_platform.config import PLATFORM_DAG_IDS, Settings, get_settings
 
 PLATFORM_FILE = "platform.yml"
+META_DIR = ".platform"  # a registered project's registration, deployed and rejected commits
 DAG_ID_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,99}$")
 
 
@@ -43,6 +47,11 @@ class DbtProject:
     # Airflow roles (FAB) that may see, pause and trigger this DAG (its access_control); None: the
     # platform grants nothing of its own (admins and global readers still see it).
     access_roles: tuple[str, ...] | None = None
+    # A registered project: the repository its owner pushes to, the commit its DAG runs, and a newer
+    # commit that could not be parsed ({"commit", "reason", "at"}), if there is one.
+    repository: str | None = None
+    commit: str | None = None
+    rejected: dict | None = None
 
     @property
     def manifest_path(self) -> Path:
@@ -67,6 +76,14 @@ def read_platform_file(project_dir: Path) -> dict:
 
 def write_platform_file(project_dir: Path, settings: dict) -> None:
     (Path(project_dir) / PLATFORM_FILE).write_text(yaml.safe_dump(settings))
+
+
+def _meta(path: Path, name: str) -> dict:
+    file = path / META_DIR / f"{name}.json"
+    try:
+        return json.loads(file.read_text()) if file.exists() else {}
+    except (OSError, ValueError) as exc:
+        raise DbtProjectError(f"cannot read {file}: {exc}") from exc
 
 
 def load_project(path: Path, settings: Settings | None = None) -> DbtProject:
@@ -94,6 +111,9 @@ def load_project(path: Path, settings: Settings | None = None) -> DbtProject:
         production=bool(platform.get("production", str(platform.get("conn_id") or "").endswith("_prod"))),
         test_behavior=str(platform["test_behavior"]).lower() if platform.get("test_behavior") else None,
         access_roles=_access_roles(path, platform),
+        repository=_meta(path, "registration").get("repository"),
+        commit=_meta(path, "deployed").get("commit"),
+        rejected=_meta(path, "rejected") or None,
     )
 
 
@@ -108,11 +128,13 @@ def _access_roles(path: Path, platform: dict) -> tuple[str, ...] | None:
     return tuple(roles)
 
 
-def project_dirs(settings: Settings | None = None) -> list[Path]:
-    """Every folder holding a dbt_project.yml, shipped first, then registered; sorted by path."""
+def project_dirs(settings: Settings | None = None, registered: Path | None = None) -> list[Path]:
+    """Every folder holding a dbt_project.yml, shipped first, then those under ``registered``; sorted."""
     settings = settings or get_settings()
     found: list[Path] = []
-    for root in (settings.dbt_projects_dir, settings.registry_dir):
+    for root in (settings.dbt_projects_dir, registered):
+        if root is None:
+            continue
         if root.is_dir():
             # Hidden folders are work in progress (a registration being built): not projects yet.
             found.extend(
@@ -151,8 +173,9 @@ class Discovery:
     errors: dict[str, str]
 
 
-def discover(settings: Settings | None = None) -> Discovery:
-    """Every loadable project, and for each one that is not, the reason (keyed by folder).
+def discover(settings: Settings | None = None, registered: Path | None = None) -> Discovery:
+    """Every loadable project, and for each one that is not, the reason (keyed by folder): the
+    bundled ones, or with ``registered`` (a folder of registered projects) those under it.
 
     A project never takes a platform DAG's id, and a registered project never takes a bundled one's
     (bundled projects are read first): whatever order the dag-processor parses files in, the id stays
@@ -162,7 +185,7 @@ def discover(settings: Settings | None = None) -> Discovery:
     projects: list[DbtProject] = []
     errors: dict[str, str] = {}
     seen: dict[str, Path] = {}
-    for path in project_dirs(settings):
+    for path in project_dirs(settings, registered):
         try:
             project = load_project(path, settings)
             check_manifest(project)
@@ -181,4 +204,8 @@ def discover(settings: Settings | None = None) -> Discovery:
             continue
         seen[project.name] = path
         projects.append(project)
+    if registered is not None:  # the bundled ones are the other DAG file's
+        root = Path(registered)
+        projects = [p for p in projects if root in p.path.parents]
+        errors = {k: v for k, v in errors.items() if root in Path(k).parents}
     return Discovery(projects=projects, errors=errors)
