@@ -13,6 +13,14 @@ import pytest
 import yaml
 
 from devstack.airflow import COMPONENT_LAUNCHERS
+from devstack.distributed import (
+    PARALLELISM,
+    RECOVERY_SETTINGS,
+    SCHEDULERS,
+    TRIGGERERS,
+    WORKER_CONCURRENCY,
+    WORKERS,
+)
 from include.dbt_platform.config import REPO_ROOT
 
 COMPOSE = REPO_ROOT / "docker-compose.yaml"
@@ -64,7 +72,12 @@ def test_official_shape_celery_redis_postgres(compose):
         "airflow-init",
     } <= set(services)
     commands = [svc.get("command") for svc in airflow_services(compose).values()]
-    assert commands.count("scheduler") == 2, "two schedulers for HA"
+    # The same services as `make run-distributed` (devstack/distributed.py).
+    assert commands.count("scheduler") == len(SCHEDULERS) == 2, "two schedulers for HA"
+    assert commands.count("celery worker") == len(WORKERS) == 2, "two workers"
+    launcher = ["python", "-m", "include.dbt_platform.runtime.triggerer"]
+    assert commands.count(launcher) == len(TRIGGERERS) == 2, "two triggerers, through the launcher"
+    assert sum(c == "dag-processor" for c in commands) == 1 and sum(c == "api-server" for c in commands) == 1
     for name, svc in airflow_services(compose).items():
         env = svc["environment"]
         assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
@@ -139,3 +152,28 @@ def test_the_triggerer_runs_through_the_projects_launcher(compose):
     assert command[:3] == ["python", "-m", "include.dbt_platform.runtime.triggerer"]
     assert (REPO_ROOT / "include" / "dbt_platform" / "runtime" / "triggerer.py").exists()
     assert COMPONENT_LAUNCHERS["triggerer"] == command[1:3]
+
+
+def test_the_same_recovery_settings_as_the_distributed_profile(compose):
+    # What makes a lost scheduler, worker or triggerer cost under a minute (make chaos measures it):
+    # compose ships exactly what the local distributed profile runs.
+    env = compose["x-airflow-common"]["environment"]
+    for key, value in RECOVERY_SETTINGS.items():
+        assert str(env.get(key)) == value, key
+    assert env["AIRFLOW__CORE__PARALLELISM"] == str(PARALLELISM)
+    assert env["AIRFLOW__CELERY__WORKER_CONCURRENCY"] == str(WORKER_CONCURRENCY)
+    assert int(env["AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT"]) <= 60
+
+
+def test_redis_keeps_queued_tasks_across_a_restart(compose):
+    redis = compose["services"]["redis"]
+    command = redis["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert any(mount_target(v) == "/data" for v in redis["volumes"]), (
+        "the append-only file outlives the container"
+    )
+
+
+def test_each_worker_is_its_own_host(compose):
+    workers = [svc for svc in airflow_services(compose).values() if svc.get("command") == "celery worker"]
+    assert len({svc["hostname"] for svc in workers}) == len(workers) == 2
