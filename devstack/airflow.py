@@ -29,7 +29,7 @@ from devstack.settings import (
     stored_secret,
 )
 from include.dbt_platform.adapters.secrets import ConnectionStore
-from include.dbt_platform.config import REPO_ROOT, get_settings
+from include.dbt_platform.config import PLATFORM_USER, REPO_ROOT, get_settings
 
 AIRFLOW_COMPONENTS = {
     "api-server": ["api-server", "--host", "127.0.0.1", "--port", "{port}", "--workers", "1"],
@@ -37,16 +37,17 @@ AIRFLOW_COMPONENTS = {
     "dag-processor": ["dag-processor"],
     "triggerer": ["triggerer", "--skip-serve-logs"],
 }
-# Components started through this project's launcher instead of the `airflow` command (same arguments
-# after the subcommand). The triggerer's removes Airflow 3.3's per-task DAG cost: see
-# include/dbt_platform/runtime/triggerer.py.
-COMPONENT_LAUNCHERS = {"triggerer": ["-m", "include.dbt_platform.runtime.triggerer"]}
+# Every component is the stock `airflow` command. The triggerer gets the platform's patch (no per-task
+# DAG cost) from plugins/airflow_local_settings.py, which Airflow imports by itself.
 # CPU priorities. The LocalExecutor runs every task inside the scheduler's process tree, so the tasks
 # (a dbt build) share the CPU with whatever the other components do meanwhile. Off that critical path:
 # the dag-processor (it parses files, and serves the callback request Airflow sends whenever a task
 # ends in the triggerer) and the triggerer (it reports node results as the build makes them; lagging
 # a little behind costs the run nothing).
 COMPONENT_NICENESS = {"dag-processor": 19, "triggerer": 5}
+# The connection of the platform's service account (include/dbt_platform/adapters/airflow_api.py).
+# Components started here run with it set; dag.test() in the tests, with no api-server, without.
+AIRFLOW_API_CONN_ID = "dbt_platform_airflow_api"
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,17 @@ def write_airflow_config(stack: StackSettings, target: AirflowTarget) -> None:
     os.chmod(connections.parent, 0o700)
     settings = get_settings()
     store = ConnectionStore(connections)
+    # The platform's service account on this target's API (used where a component runs the tasks).
+    store.set_platform_connection(
+        AIRFLOW_API_CONN_ID,
+        {
+            "conn_type": "http",
+            "host": "127.0.0.1",
+            "port": target.api_port,
+            "login": PLATFORM_USER,
+            "password": airflow_user_password(stack, PLATFORM_USER),
+        },
+    )
     for conn_id, database in (
         (settings.platform_conn_id, target.platform_db),
         (settings.warehouse_conn_id, target.warehouse_db),
@@ -231,8 +243,8 @@ def migrate_metadata_db(stack: StackSettings, target: AirflowTarget) -> None:
         raise StackError(f"creating the pool {settings.saga_pool} failed:\n{result.stderr[-2000:]}")
     # The Requester role and the stack's users (passwords through stdin: never in argv or env).
     users = [
-        {"username": user, "role": role, "password": airflow_user_password(stack, user)}
-        for user, role in AIRFLOW_USERS.items()
+        {"username": user, "roles": roles, "password": airflow_user_password(stack, user)}
+        for user, roles in AIRFLOW_USERS.items()
     ]
     result = subprocess.run(
         [sys.executable, "-m", "include.dbt_platform.runtime.roles"],
@@ -249,6 +261,11 @@ def _pidfile(stack: StackSettings, target: AirflowTarget, component: str) -> Pat
 
 
 def _alive(pid: int) -> bool:
+    try:  # a component this process started and that has exited: reap it (else it lingers, a zombie)
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass  # not our child
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -294,18 +311,16 @@ def start_airflow(
     components=tuple(AIRFLOW_COMPONENTS),
     extra_env: dict[str, str] | None = None,
 ) -> None:
-    env = component_environment(stack, target, extra_env)
+    env = component_environment(
+        stack, target, {"DBT_PLATFORM_AIRFLOW_API_CONN_ID": AIRFLOW_API_CONN_ID, **(extra_env or {})}
+    )
     logs = target.home / "component-logs"
     logs.mkdir(parents=True, exist_ok=True)
     (target.home / "run").mkdir(parents=True, exist_ok=True)
     for component in components:
         if component_pid(stack, target, component):
             continue
-        args = [a.format(port=target.api_port) for a in AIRFLOW_COMPONENTS[component]]
-        if component in COMPONENT_LAUNCHERS:
-            command = [sys.executable, *COMPONENT_LAUNCHERS[component], *args[1:]]
-        else:
-            command = [airflow_bin(), *args]
+        command = [airflow_bin(), *(a.format(port=target.api_port) for a in AIRFLOW_COMPONENTS[component])]
         niceness = COMPONENT_NICENESS.get(component, 0)
         with open(logs / f"{component}.log", "ab") as log:
             proc = subprocess.Popen(

@@ -2,7 +2,7 @@
 machines, started natively on this one.
 
 CeleryExecutor with Redis (devstack/redis.py), two schedulers (active/active on PostgreSQL row locks),
-two triggerers (through the project's launcher), a standalone dag-processor, the api-server, and two
+two triggerers (stock ``airflow triggerer``, patched by plugins/airflow_local_settings.py), a standalone dag-processor, the api-server, and two
 Celery workers. Every component is its own "host" (devstack/hosts.py): its own ``AIRFLOW_HOME`` with
 its own copy of ``airflow.cfg`` (0600), its own log folder, temporary folder and working directory
 under ``<home>/hosts/<name>/``, its own host name. What they share on disk is what a real deployment
@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from devstack.airflow import (
-    COMPONENT_LAUNCHERS,
+    AIRFLOW_API_CONN_ID,
+    AIRFLOW_COMPONENTS,
     COMPONENT_NICENESS,
     AirflowTarget,
     _alive,
@@ -78,6 +79,7 @@ DISTRIBUTED_ENV = {
     "AIRFLOW__CORE__PARALLELISM": str(PARALLELISM),
     "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(WORKER_CONCURRENCY),
     "AIRFLOW__CORE__HOSTNAME_CALLABLE": "devstack.hosts.hostname",
+    "DBT_PLATFORM_AIRFLOW_API_CONN_ID": AIRFLOW_API_CONN_ID,
     **RECOVERY_SETTINGS,
 }
 
@@ -129,7 +131,7 @@ def components(profile: Profile) -> dict[str, list[str]]:
     for name in SCHEDULERS:
         programs[name] = [airflow, "scheduler", "--skip-serve-logs"]
     for name in TRIGGERERS:
-        programs[name] = [python, *COMPONENT_LAUNCHERS["triggerer"], "--skip-serve-logs"]
+        programs[name] = [airflow, *AIRFLOW_COMPONENTS["triggerer"]]
     for name in WORKERS:
         programs[name] = [airflow, "celery", "worker", "--skip-serve-logs", "--celery-hostname", name,
                           "--concurrency", str(WORKER_CONCURRENCY), "--without-mingle", "--without-gossip"]  # fmt: skip

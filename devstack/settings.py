@@ -149,7 +149,14 @@ def airflow_password(stack: StackSettings) -> str:
 # The local stack's Airflow users (FAB auth manager), by name: their role. ``requester`` may trigger
 # the project-lifecycle DAGs and nothing else (include/dbt_platform/runtime/roles.py); ``viewer`` may
 # read everything and change nothing.
-AIRFLOW_USERS = {"admin": "Admin", "requester": "Requester", "viewer": "Viewer"}
+# The stack's Airflow users and their FAB roles. The requester owns the projects requested with the
+# owner requester@example.com (its owner role); dbt-platform is the service account sagas act as.
+AIRFLOW_USERS = {
+    "admin": ["Admin"],
+    "requester": ["Requester", "owner:requester@example.com"],
+    "viewer": ["Viewer"],
+    "dbt-platform": ["Platform"],
+}
 
 
 def airflow_user_password_file(stack: StackSettings, user: str) -> Path:

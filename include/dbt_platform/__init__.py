@@ -13,7 +13,7 @@ One package per job; each says in its docstring what lives there and what it may
     transformations/   dbt projects -> Cosmos DAGs: discovery, manifests, Cosmos config, factory,
                        the triggerer-mode (watcher) operators
     warehouse_setup/   the ``warehouse_setup`` DAG's SQL, dbt runs, report and Airflow glue
-    runtime/           what runs inside Airflow's own processes (the triggerer launcher)
+    runtime/           what runs inside Airflow's own processes (the triggerer patch)
 
 Imports go downwards only: ``config`` and ``errors`` import nothing of ours; ``saga`` imports only them;
 ``adapters`` import ``config`` and ``errors``; the workflow packages import those below them. Nothing

@@ -32,6 +32,9 @@ PLATFORM_DAG_IDS = frozenset(
 # The Airflow role (FAB auth manager) that may trigger the project-lifecycle DAGs and nothing else;
 # those DAGs grant it through their access_control (include/dbt_platform/runtime/roles.py makes it).
 REQUESTER_ROLE = "Requester"
+# The platform's service account (its FAB role): what a saga changes in Airflow itself, through the API.
+PLATFORM_ROLE = "Platform"
+PLATFORM_USER = "dbt-platform"
 # Databases no project may ever be given, whatever the allow-list says.
 NEVER_ADOPTED_DATABASES = frozenset(
     {"postgres", "template0", "template1", "airflow", "platform", "warehouse"}
@@ -74,6 +77,8 @@ class Settings:
     dbt_threads: int
     fault_injection_enabled: bool
     smtp_conn_id: str
+    # Airflow's REST API as the platform's service account (empty: none; see adapters/airflow_api.py).
+    airflow_api_conn_id: str
     saga_retry_delay_seconds: float | None
     # First retry delay of transformation tasks (exponential backoff doubles it).
     transformation_retry_delay_seconds: float
@@ -135,6 +140,7 @@ def get_settings() -> Settings:
         dbt_threads=int(env("DBT_PLATFORM_DBT_THREADS", "4")),
         fault_injection_enabled=env_bool("SAGA_FAULT_INJECTION", False),
         smtp_conn_id=env("DBT_PLATFORM_SMTP_CONN_ID", "smtp_default"),
+        airflow_api_conn_id=env("DBT_PLATFORM_AIRFLOW_API_CONN_ID", ""),
         saga_retry_delay_seconds=(
             float(os.environ["DBT_PLATFORM_SAGA_RETRY_DELAY_SECONDS"])
             if os.environ.get("DBT_PLATFORM_SAGA_RETRY_DELAY_SECONDS")

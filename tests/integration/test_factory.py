@@ -107,6 +107,31 @@ def test_test_behavior_after_each_gives_tests_their_own_task(tmp_path: Path):
 
 
 @pytest.mark.parametrize(
+    ("platform", "expected"),
+    [
+        ("", None),  # the platform grants nothing of its own
+        ("access_roles: []\n", {}),  # still synced: what an earlier DAG of the name granted is revoked
+        (
+            "access_roles: ['owner:ana@example.com']\n",
+            {
+                "owner:ana@example.com": {
+                    "DAGs": {"can_read", "can_edit"},
+                    "DAG Runs": {"can_read", "can_create"},
+                }
+            },
+        ),
+    ],
+)
+def test_a_project_dag_grants_its_access_roles_and_nothing_else(tmp_path: Path, platform: str, expected):
+    from include.dbt_platform.transformations.factory import build_transformation_dag
+
+    project_dir = write_tiny_project(tmp_path, "tiny_access")
+    (project_dir / "platform.yml").write_text(platform)
+    build_manifest(project_dir)
+    assert build_transformation_dag(load_project(project_dir)).access_control == expected
+
+
+@pytest.mark.parametrize(
     ("platform", "message"),
     [
         ("test_behavior: sometimes\n", "test behavior 'sometimes'; expected one of"),

@@ -11,6 +11,7 @@ supervisor side runs on the real scheduler (tests/test_transformations_on_schedu
 from __future__ import annotations
 
 import json
+import os
 import selectors
 import socket
 import subprocess
@@ -207,9 +208,12 @@ def test_a_mapped_task_keeps_the_whole_dag():
     assert _Version(model).task_only("no_such_task") is None
 
 
-def run_python(code: str) -> subprocess.CompletedProcess:
+def run_python(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter (the patch changes Airflow's classes); it must succeed."""
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     return out
 
@@ -228,6 +232,34 @@ def test_the_launcher_patches_this_airflow_and_only_once():
         "print('patched')\n"
     )
     assert "patched" in run_python(code).stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "version", "env", "expected", "says"),
+    [
+        (["airflow", "triggerer", "--skip-serve-logs"], None, {}, "patched", "DAGs cached per version"),
+        (["/x/bin/airflow", "scheduler"], None, {}, "stock", ""),
+        (["airflow", "triggerer"], "3.4.0", {}, "stock", "Triggerer runs unpatched"),
+        (["airflow", "triggerer"], None, {"DBT_PLATFORM_TRIGGERER_PATCH": "off"}, "stock", "runs stock"),
+    ],
+)
+def test_a_stock_airflow_triggerer_patches_itself_through_airflow_local_settings(
+    argv, version, env, expected, says
+):
+    # What `airflow triggerer` does: Airflow's settings import airflow_local_settings (the plugins
+    # folder's, on sys.path) as `import airflow` runs; the CLI imports the job runner afterwards.
+    code = (
+        f"import sys; sys.argv = {argv!r}\n"
+        "import logging; logging.basicConfig(level=logging.INFO)\n"
+        "import airflow, airflow_local_settings\n"
+        "assert airflow_local_settings.__file__.endswith('plugins/airflow_local_settings.py')\n"
+        + (f"airflow.__version__ = {version!r}\n" if version else "")
+        + "from airflow.jobs.triggerer_job_runner import TriggerRunnerSupervisor as S\n"
+        "print('patched' if getattr(S._create_workload, '_dbt_platform_patch', False) else 'stock')\n"
+    )
+    out = run_python(code, env)
+    assert out.stdout.strip().splitlines()[-1] == expected, out.stdout + out.stderr[-2000:]
+    assert says in out.stdout + out.stderr
 
 
 def test_another_airflow_version_runs_unpatched_and_says_so():

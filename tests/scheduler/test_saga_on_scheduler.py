@@ -360,6 +360,7 @@ def test_who_may_do_what_viewer_reads_requester_runs_the_lifecycle_admin_sets_up
     status, _ = viewer.request("GET", f"/dags/{DAG_ID}")
     assert status == 200, "a viewer reads"
 
+    wait_until_readable(requester, DAG_ID)
     run_id, saga_id = trigger(requester, request(uniq("live_req"), environments=["dev"]))
     assert requester.wait_for_run(DAG_ID, run_id, timeout=300)["state"] == "success"
     assert journal().get(saga_id).requester == "requester", "the journal names who asked"
@@ -372,5 +373,83 @@ def test_who_may_do_what_viewer_reads_requester_runs_the_lifecycle_admin_sets_up
     assert status == 403, body
     _, dags = requester.request("GET", "/dags?limit=100")
     visible = {d["dag_id"] for d in dags["dags"]}
-    assert visible == {"dbt_project_create", "dbt_project_add_environment", "dbt_project_rotate_credentials",
-                       "dbt_project_decommission"}, visible  # fmt: skip
+    lifecycle = {"dbt_project_create", "dbt_project_add_environment", "dbt_project_rotate_credentials",
+                 "dbt_project_decommission"}  # fmt: skip
+    # Besides those, only project DAGs of its own (owner:requester@example.com), none of another owner.
+    assert lifecycle <= visible, visible
+    assert all(journal_owner(dag_id) == REQUESTER_EMAIL for dag_id in visible - lifecycle), visible
+
+
+REQUESTER_EMAIL = "requester@example.com"  # the stack's requester holds the role owner:<this>
+
+
+def wait_until_readable(user_client, dag_id: str, timeout: float = 120) -> None:
+    """The dag-processor grants a DAG's access_control just after it writes the DAG (and FAB caches a
+    user's permissions for 30 s): wait until this user may read it."""
+    wait_for(
+        lambda: user_client.request("GET", f"/dags/{dag_id}")[0] == 200,
+        timeout,
+        lambda: f"{dag_id} to be readable by this user",
+    )
+
+
+def journal_owner(project_name: str) -> str | None:
+    from include.dbt_platform.adapters.postgres import platform_dsn
+    from include.dbt_platform.adapters.registry import Registry
+
+    project = Registry(platform_dsn()).project(project_name)
+    return project.owner if project else None
+
+
+def test_an_owner_sees_their_project_and_no_one_elses_and_decommissioning_pauses_it_first(client):
+    """Per-owner visibility through FAB's DAG-level access control, the project's state through
+    REST, and decommissioning: paused through Airflow's API, then unregistered, then history."""
+    from devstack.client import client_for
+    from tests.harness import STACK
+    from tests.scheduler.live import LIVE_TARGET
+
+    viewer, requester = client_for(STACK, LIVE_TARGET, "viewer"), client_for(STACK, LIVE_TARGET, "requester")
+    mine, theirs = uniq("live_mine"), uniq("live_theirs")
+    runs = {
+        mine: trigger(requester, request(mine, owner=REQUESTER_EMAIL, environments=["dev"])),
+        theirs: trigger(client, request(theirs, owner="someone.else@example.com", environments=["dev"])),
+    }
+    for name, (run_id, _) in runs.items():
+        assert client.wait_for_run(DAG_ID, run_id, timeout=300)["state"] == "success", name
+    registered = journal().step(runs[mine][1], "register_transformations").result
+    assert registered["access_roles"] == [f"owner:{REQUESTER_EMAIL}"], registered
+    assert journal().step(runs[theirs][1], "register_transformations").result["access_roles"] == []
+    client.wait_for_dag(mine, timeout=240)
+    client.wait_for_dag(theirs, timeout=240)
+
+    # DAGs: the owner's people see theirs (and may unpause it) and not another owner's; a viewer reads both.
+    wait_until_readable(requester, mine)
+    assert requester.request("PATCH", f"/dags/{mine}", {"is_paused": False})[0] == 200
+    assert requester.request("GET", f"/dags/{theirs}")[0] == 403
+    assert viewer.request("GET", f"/dags/{theirs}")[0] == 200
+    # The project's state through REST, under the same rule.
+    status, body = requester.call("GET", f"/sagas/api/projects/{mine}")
+    assert status == 200, body
+    project = body["project"]
+    assert (project["state"], project["owner"]) == ("ACTIVE", REQUESTER_EMAIL), project
+    assert [e["environment"] for e in project["environments"]] == ["dev"], project
+    assert requester.call("GET", f"/sagas/api/projects/{theirs}")[0] == 403
+    listed = {p["project_name"] for p in requester.call("GET", "/sagas/api/projects")[1]["projects"]}
+    assert mine in listed and theirs not in listed, listed
+    assert viewer.call("GET", f"/sagas/api/projects/{theirs}")[0] == 200
+
+    # Decommissioned by its requester: the DAG is paused through Airflow's API before it goes.
+    status, body = requester.trigger(
+        "dbt_project_decommission", f"test__{uuid.uuid4().hex[:10]}",
+        {"project_name": mine, "drop_database": True, "idempotency_key": None, "fault_injection": None},
+    )  # fmt: skip
+    assert status == 200, body
+    run = client.wait_for_run("dbt_project_decommission", body["dag_run_id"], timeout=300)
+    assert run["state"] == "success", client.task_states("dbt_project_decommission", body["dag_run_id"])
+    saga_id = j.saga_id_for("dbt_project_decommission", body["dag_run_id"])
+    assert journal().step(saga_id, "pause_transformations").result == {"paused": True, "was_paused": False}
+    assert client.request("GET", f"/dags/{mine}")[1]["is_paused"] is True
+    status, body = requester.call("GET", f"/sagas/api/projects/{mine}")
+    assert status == 200, body
+    assert body["project"] is None
+    assert [h["state"] for h in body["history"]] == ["DECOMMISSIONED"], body

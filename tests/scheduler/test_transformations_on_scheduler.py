@@ -326,3 +326,44 @@ def test_no_process_of_the_stack_holds_a_secret_in_its_environment(client):
             if secret in value and not (name.startswith("COSMOS_CONN_") and secret == own)
         ]
         assert not leaks, f"pid {pid} ({env.split('cmdline=')[-1][:80]!r}) holds {leaks}"
+
+
+def restart_triggerer(extra_env: dict[str, str]) -> None:
+    """Stop the live triggerer (SIGTERM: it gives up its triggers) and start it with ``extra_env``."""
+    import signal
+
+    from devstack.airflow import start_airflow, wait_healthy
+    from tests.scheduler.live import LIVE_ENV
+
+    pid = component_pid(STACK, LIVE_TARGET, "triggerer")
+    if pid:
+        os.killpg(pid, signal.SIGTERM)
+        wait_for(
+            lambda: component_pid(STACK, LIVE_TARGET, "triggerer") is None,
+            60,
+            lambda: "the triggerer to stop",
+        )
+    start_airflow(STACK, LIVE_TARGET, components=("triggerer",), extra_env={**LIVE_ENV, **extra_env})
+    wait_healthy(STACK, LIVE_TARGET)
+
+
+def test_a_triggerer_without_the_patch_still_runs_every_node(client, warehouse):
+    """What a deployment gets where the patch's guard refuses (another Airflow) or it is switched
+    off: the stock triggerer, slower on big DAGs, and every node still ends in it."""
+    log = LIVE_TARGET.home / "component-logs" / "triggerer.log"
+    start = log.stat().st_size
+    restart_triggerer({"DBT_PLATFORM_TRIGGERER_PATCH": "off"})
+    try:
+        run = run_id()
+        status, body = client.trigger(DAG_ID, run)
+        assert status == 200, body
+        assert client.wait_for_run(DAG_ID, run, timeout=300)["state"] == "success"
+        nodes = {
+            t: ti for t, ti in task_instances(client, DAG_ID, run).items() if t != "dbt_producer_watcher"
+        }
+        assert nodes and all(ti["state"] == "success" and not ti["hostname"] for ti in nodes.values()), nodes
+        since = log.read_text()[start:]
+        assert "Triggerer runs stock" in since
+        assert "goes to the runner alone" not in since
+    finally:
+        restart_triggerer({})

@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 import yaml
 
-from devstack.airflow import COMPONENT_LAUNCHERS
+from devstack.airflow import AIRFLOW_COMPONENTS
 from devstack.distributed import (
     PARALLELISM,
     RECOVERY_SETTINGS,
@@ -75,8 +75,7 @@ def test_official_shape_celery_redis_postgres(compose):
     # The same services as `make run-distributed` (devstack/distributed.py).
     assert commands.count("scheduler") == len(SCHEDULERS) == 2, "two schedulers for HA"
     assert commands.count("celery worker") == len(WORKERS) == 2, "two workers"
-    launcher = ["python", "-m", "include.dbt_platform.runtime.triggerer"]
-    assert commands.count(launcher) == len(TRIGGERERS) == 2, "two triggerers, through the launcher"
+    assert commands.count("triggerer") == len(TRIGGERERS) == 2, "two triggerers, stock"
     assert sum(c == "dag-processor" for c in commands) == 1 and sum(c == "api-server" for c in commands) == 1
     for name, svc in airflow_services(compose).items():
         env = svc["environment"]
@@ -120,7 +119,7 @@ def test_referenced_files_exist(compose):
 
 SECRETS = ("POSTGRES_PASSWORD", "AIRFLOW_DB_PASSWORD", "PLATFORM_DB_PASSWORD", "WAREHOUSE_DB_PASSWORD",
            "REDIS_PASSWORD", "AIRFLOW_JWT_SECRET", "AIRFLOW_FERNET_KEY", "AIRFLOW_API_SECRET_KEY",
-           "AIRFLOW_ADMIN_PASSWORD")  # fmt: skip
+           "AIRFLOW_ADMIN_PASSWORD", "AIRFLOW_PLATFORM_PASSWORD")  # fmt: skip
 
 
 def test_no_secret_has_a_default_and_redis_requires_a_password(compose):
@@ -145,13 +144,17 @@ def test_no_secret_has_a_default_and_redis_requires_a_password(compose):
         assert env["AIRFLOW_CONN_WAREHOUSE"].startswith("postgres://warehouse:"), name
 
 
-def test_the_triggerer_runs_through_the_projects_launcher(compose):
-    # Same launcher as the local stack (devstack/airflow.py COMPONENT_LAUNCHERS); the
-    # image's entrypoint runs `python ...` commands as given, with /opt/airflow on PYTHONPATH.
-    command = compose["services"]["airflow-triggerer"]["command"]
-    assert command[:3] == ["python", "-m", "include.dbt_platform.runtime.triggerer"]
-    assert (REPO_ROOT / "include" / "dbt_platform" / "runtime" / "triggerer.py").exists()
-    assert COMPONENT_LAUNCHERS["triggerer"] == command[1:3]
+def test_the_triggerer_is_stock_and_finds_the_patch_in_the_plugins_folder(compose):
+    # As the local stack (devstack/airflow.py): `airflow triggerer`, patched by the plugins folder's
+    # airflow_local_settings.py, which imports include.* (so /opt/airflow is on PYTHONPATH).
+    # Both triggerers of the distributed deployment.
+    for name in ("airflow-triggerer", "airflow-triggerer-2"):
+        service = compose["services"][name]
+        assert service["command"] == "triggerer", name
+        assert any(v.endswith("/plugins:/opt/airflow/plugins") for v in service["volumes"]), name
+        assert "/opt/airflow" in service["environment"]["PYTHONPATH"].split(":"), name
+    assert AIRFLOW_COMPONENTS["triggerer"][0] == "triggerer"
+    assert (REPO_ROOT / "plugins" / "airflow_local_settings.py").exists()
 
 
 def test_the_same_recovery_settings_as_the_distributed_profile(compose):

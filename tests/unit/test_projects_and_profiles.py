@@ -43,6 +43,16 @@ def test_platform_yml_overrides_defaults(tmp_path: Path):
     assert project.profile_name == "sales_profile"
 
 
+@pytest.mark.parametrize("roles", ["owner:ana@example.com", "[1, 2]", "['']", "{a: b}"])
+def test_access_roles_must_be_a_list_of_role_names(tmp_path: Path, roles: str):
+    (tmp_path / "dbt_project.yml").write_text("name: sales\nprofile: sales\n")
+    (tmp_path / "platform.yml").write_text(f"access_roles: {roles}\n")
+    with pytest.raises(DbtProjectError, match="'access_roles' must be a list of Airflow role names"):
+        load_project(tmp_path)
+    (tmp_path / "platform.yml").write_text("access_roles: ['owner:ana@example.com', Op]\n")
+    assert load_project(tmp_path).access_roles == ("owner:ana@example.com", "Op")
+
+
 def test_platform_file_round_trips_through_its_one_module(tmp_path: Path):
     (tmp_path / "dbt_project.yml").write_text("name: sales\nprofile: sales\n")
     assert read_platform_file(tmp_path) == {}

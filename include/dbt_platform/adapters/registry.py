@@ -96,6 +96,39 @@ class Registry(Postgres):
             environments = {env: (schema, saga) for env, schema, saga in cur.fetchall()}
         return ProjectRecord(*row, environments=environments)
 
+    def describe(self, names: set[str] | None = None) -> list[dict]:
+        """Every project (or those of ``names``) as a reader sees it: its state, owner, database,
+        environments, and its history (earlier projects of the name, decommissioned); newest first."""
+        with self.cursor() as cur:
+            cur.execute(
+                "select p.project_name, p.status, p.owner, p.database_name, p.saga_id, p.busy_saga, "
+                "p.created_at, coalesce((select json_agg(json_build_object('environment', e.environment, "
+                "'schema', e.schema_name, 'saga_id', e.saga_id) order by e.environment) "
+                "from platform.environments e where e.project_name = p.project_name), '[]') "
+                "from platform.projects p where %(all)s or p.project_name = any(%(names)s)",
+                {"all": names is None, "names": sorted(names or ())},
+            )
+            current = [
+                {"project_name": n, "state": status, "owner": owner, "database": db,
+                 "created_by_saga": saga, "busy_saga": busy, "created_at": created.isoformat(),
+                 "environments": envs}
+                for n, status, owner, db, saga, busy, created, envs in cur.fetchall()
+            ]  # fmt: skip
+            cur.execute(
+                "select project_name, owner, database_name, saga_id, created_at, retired_at, "
+                "retired_by_saga, database_kept from platform.project_history "
+                "where %(all)s or project_name = any(%(names)s) order by retired_at desc",
+                {"all": names is None, "names": sorted(names or ())},
+            )
+            history = [
+                {"project_name": n, "state": "DECOMMISSIONED", "owner": owner, "database": db,
+                 "created_by_saga": saga, "created_at": created.isoformat(),
+                 "decommissioned_at": retired.isoformat(), "decommissioned_by_saga": by,
+                 "database_kept": kept}
+                for n, owner, db, saga, created, retired, by, kept in cur.fetchall()
+            ]  # fmt: skip
+        return sorted(current, key=lambda p: p["created_at"], reverse=True) + history
+
     def claim(
         self, name: str, saga_id: str, *, status_from: str = "ACTIVE", status_to: str | None = None
     ) -> bool:

@@ -10,6 +10,7 @@ one: SimpleAuthManager's roles today, FAB's permissions tomorrow, no change here
 | list sagas | read access to the saga's DAG (only those sagas are listed) |
 | read a saga | read access to the runs of its DAG |
 | re-drive a saga | trigger rights (``POST`` on DAG runs) on the saga's DAG and on ``saga_recovery`` |
+| read a project | read access to its DAG (every DAG, or the project's through its owner role) |
 """
 
 from __future__ import annotations
@@ -60,6 +61,16 @@ def readable_dag_ids(user: BaseUser) -> set[str]:
     from airflow.api_fastapi.app import get_auth_manager
 
     return get_auth_manager().get_authorized_dag_ids(user=user, method="GET")
+
+
+def may_read_dag(user: BaseUser, dag_id: str) -> bool:
+    """Whether the user may read the DAG ``dag_id``, whether or not Airflow has parsed it yet (or still
+    has it): every DAG, or that one by its DAG-level permission. No team lookup (one query per DAG;
+    the platform does not use Airflow's multi-team mode)."""
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagDetails
+
+    return get_auth_manager().is_authorized_dag(method="GET", details=DagDetails(id=dag_id), user=user)
 
 
 def _may(user: BaseUser, method: str, dag_id: str) -> bool:

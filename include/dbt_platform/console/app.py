@@ -12,6 +12,7 @@ JSON API (the pages use it; so can REST callers, with the same bearer token as `
     GET  /sagas/api/sagas/{saga_id}                  request, timeline, resources, events
     GET  /sagas/api/runs/{dag_id}/{run_id}           which saga a run drove
     POST /sagas/api/sagas/{saga_id}/redrive          re-drive a FAILED saga (HTTP 202)
+    GET  /sagas/api/projects[/{name}]                projects: state, owner, environments (.projects)
 
 Without a token the API answers 401 and a page sends the browser to Airflow's login; what a user
 may see and do is :mod:`.access`'s (Airflow's auth manager).
@@ -30,7 +31,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from include.dbt_platform.console import access, presentation, runs
+from include.dbt_platform.console import access, presentation, projects, runs
 from include.dbt_platform.saga import journal_schema as j
 from include.dbt_platform.saga.journal_views import JournalViews
 
@@ -232,6 +233,7 @@ def create_app() -> FastAPI:
             "links": {"recovery_run": _links(request).run(started.recovery_dag_id, started.recovery_run_id)},
         }
 
+    projects.add_routes(app)
     return app
 
 

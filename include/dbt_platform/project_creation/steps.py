@@ -189,19 +189,32 @@ def register_transformations(ctx: StepContext) -> dict:
     settings = get_settings()
     dest = settings.registry_dir / req.project_name
     env = primary_environment(req)
+    access_roles = owner_access_roles(req.owner)
+    platform = {
+        "conn_id": req.conn_id(env),
+        "schema": req.schema(env),
+        "owner": req.owner,
+        "tags": ["self-service", req.project_name],
+        "description": req.description or f"Created by {SAGA_NAME} (saga {ctx.saga_id}).",
+    }
+    if access_roles is not None:
+        platform["access_roles"] = access_roles
     with git.cloned(settings.repositories_dir / req.project_name, dest, ctx.saga_id) as staging:
-        write_platform_file(
-            staging,
-            {
-                "conn_id": req.conn_id(env),
-                "schema": req.schema(env),
-                "owner": req.owner,
-                "tags": ["self-service", req.project_name],
-                "description": req.description or f"Created by {SAGA_NAME} (saga {ctx.saga_id}).",
-            },
-        )
+        write_platform_file(staging, platform)
     build_manifest(dest)
-    return {"registered": str(dest), "environment": env}
+    return {"registered": str(dest), "environment": env, "access_roles": access_roles}
+
+
+def owner_access_roles(owner: str) -> list[str] | None:
+    """The Airflow roles the project's DAG grants: its owner's, if Airflow has it (a DAG naming a
+    role Airflow lacks does not load). None without the platform's service account."""
+    from include.dbt_platform.adapters import airflow_api
+
+    api = airflow_api.configured()
+    if api is None:
+        return None
+    role = airflow_api.owner_role(owner)
+    return [role] if api.role_exists(role) else []
 
 
 def unregister_transformations(ctx: StepContext) -> None:
@@ -219,6 +232,7 @@ def notify_owner(ctx: StepContext) -> dict:
         f"Airflow connections: {', '.join(req.conn_id(e) for e in req.environments)}.\n"
         f"Transformation DAG: {req.project_name}. Repository: {settings.repositories_dir / req.project_name}.\n"
     )
+    body += _who_sees_it(journal().step(ctx.saga_id, "register_transformations"), req.owner)
     OwnerNotifier(
         to=req.owner,
         subject=f"dbt project {req.project_name} is ready",
@@ -228,6 +242,21 @@ def notify_owner(ctx: StepContext) -> dict:
         smtp_conn_id=settings.smtp_conn_id,
     ).notify({})
     return {"notified": req.owner}
+
+
+def _who_sees_it(registered, owner: str) -> str:
+    from include.dbt_platform.adapters.airflow_api import owner_role
+
+    roles = (registered.result or {}).get("access_roles")
+    if roles:
+        return f"In Airflow, the DAG is yours to see and run through the role {', '.join(roles)}.\n"
+    if roles == []:
+        return (
+            f"In Airflow, the DAG is not granted to you: Airflow has no role {owner_role(owner)}. "
+            "Ask the platform team to create it (with you in it) and grant it to the DAG "
+            "(the project's platform.yml, access_roles).\n"
+        )
+    return ""
 
 
 # ---------------------------------------------------------------------------- saga hooks

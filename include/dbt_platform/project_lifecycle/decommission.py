@@ -4,6 +4,8 @@
 |---|---|---|---|---|
 | validate_request | the project is ACTIVE and free (no effects) | — | 2 | 2 min |
 | claim_project | the project is DECOMMISSIONING, held by this saga | ACTIVE again | 3 | 2 min |
+| pause_transformations | the project's DAG is paused (through Airflow's API) | unpaused, if it was not paused before | 3 | 2 min |
+| wait_for_runs | no run of the DAG is queued or running (retried while one is; no effects) | — | 3 | 2 min |
 | unregister_transformations | the project's DAG is unregistered (no longer scheduled, gone from the UI) | registered again | 3 | 5 min |
 | disable_logins | the project's login roles may no longer log in | they may again | 3 | 2 min |
 | archive_repository | the repository, every ref, in `<state>/archives/` (kept) | the archive removed | 3 | 5 min |
@@ -13,6 +15,12 @@
 | drop_database | the database, if the request says so and the project created it (an adopted one never) | — (forward) | 3 | 5 min |
 | retire_project | the registry row moves to `platform.project_history`: the name is free | — (forward) | 3 | 2 min |
 | notify_owner | tell the owner | — (forward) | 3 | 2 min |
+
+Pausing goes through Airflow's REST API as the platform's service account
+(:mod:`include.dbt_platform.adapters.airflow_api`); a run still going is waited for (the step is
+retried) and, if it does not end, the saga gives the project back as it was. Without a service
+account the step records that it did not pause, and unregistering alone takes the DAG away at the
+dag-processor's next parse.
 
 Until the pivot everything can be undone, so a failure there leaves the project as it was. Dropping
 the roles cannot be undone (their passwords are gone): once it succeeded the saga only goes forward,
@@ -26,7 +34,9 @@ from datetime import timedelta
 from functools import cache
 
 from include.dbt_platform.adapters import git
+from include.dbt_platform.boundaries import boundary
 from include.dbt_platform.config import get_settings
+from include.dbt_platform.errors import TransientError
 from include.dbt_platform.project_creation.definition import configured
 from include.dbt_platform.project_lifecycle import common
 from include.dbt_platform.project_lifecycle.requests import DecommissionRequest, parse_decommission
@@ -58,6 +68,49 @@ def validate_request(ctx: StepContext) -> dict:
 
 def claim_project(ctx: StepContext) -> dict:
     return common.claim(ctx, status_to="DECOMMISSIONING")
+
+
+def pause_transformations(ctx: StepContext) -> dict:
+    from include.dbt_platform.adapters import airflow_api
+
+    project = common.project_of(ctx, claimed=True)
+    api = airflow_api.configured()
+    if api is None:
+        return {"paused": False, "why": "no Airflow API service account configured"}
+    dag = api.dag(project.name)
+    if dag is None:
+        return {"paused": False, "why": f"Airflow has no DAG {project.name}"}
+    was_paused = bool(dag.get("is_paused"))
+    if not was_paused:
+        api.set_paused(project.name, True)
+        # A crash here: the retry finds the DAG paused and takes it for the owner's doing, so a
+        # compensation leaves it paused. The safe side: nothing runs that was meant to stop.
+        boundary("DAG paused, not yet journaled")
+    return {"paused": True, "was_paused": was_paused}
+
+
+def unpause_transformations(ctx: StepContext) -> None:
+    from include.dbt_platform.adapters import airflow_api
+
+    result = common.journal().step(ctx.saga_id, "pause_transformations").result or {}
+    api = airflow_api.configured()
+    # Only what this saga paused: a DAG its owner had paused stays paused.
+    if api is not None and result.get("paused") and not result.get("was_paused"):
+        api.set_paused(ctx.request.project_name, False)
+
+
+def wait_for_runs(ctx: StepContext) -> dict:
+    from include.dbt_platform.adapters import airflow_api
+
+    project = common.project_of(ctx, claimed=True)
+    api = airflow_api.configured()
+    running = api.unfinished_runs(project.name) if api is not None else []
+    if running:
+        raise TransientError(
+            f"the DAG {project.name} still has {len(running)} run(s) going "
+            f"({', '.join(running[:5])}): waiting for them to end"
+        )
+    return {"runs_going": 0}
 
 
 def unregister_transformations(ctx: StepContext) -> dict:
@@ -177,6 +230,10 @@ def _declared() -> SagaDefinition:
                  doc="The project is ACTIVE and free. Changes nothing."),
             Step("claim_project", claim_project, common.release, db, timedelta(minutes=2),
                  doc="The project is DECOMMISSIONING, held by this saga."),
+            Step("pause_transformations", pause_transformations, unpause_transformations, db,
+                 timedelta(minutes=2), doc="The project's DAG is paused."),
+            Step("wait_for_runs", wait_for_runs, None, db, timedelta(minutes=2),
+                 doc="No run of the DAG is going. Changes nothing."),
             Step("unregister_transformations", unregister_transformations, register_again, db,
                  timedelta(minutes=5), doc="The project's DAG is no longer registered."),
             Step("disable_logins", disable_logins, enable_logins, db, timedelta(minutes=2),

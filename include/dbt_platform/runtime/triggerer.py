@@ -1,4 +1,4 @@
-"""``python -m include.dbt_platform.runtime.triggerer``: ``airflow triggerer`` without its per-task DAG cost.
+"""``airflow triggerer`` without its per-task DAG cost: installed by ``airflow_local_settings``.
 
 Every consumer of a transformation DAG starts in the triggerer (``start_from_trigger``). For each such
 task, Airflow 3.3's triggerer
@@ -36,16 +36,26 @@ was written against (:data:`PATCHED_AIRFLOW`) and where the code has the expecte
 else the triggerer runs unchanged and says so in its log.
 
 The fixes belong upstream (send each DAG version once and cache it on both sides; never block the
-runner's event loop on a log write, or read logs while sending); until then this
-launcher is what the local stack and ``docker-compose.yaml`` start instead of ``airflow triggerer``.
-Arguments are passed on: ``python -m include.dbt_platform.runtime.triggerer --skip-serve-logs``.
+runner's event loop on a log write, or read logs while sending). Until then a stock ``airflow
+triggerer`` gets the patch by itself: Airflow imports ``airflow_local_settings`` in every process
+as it starts, and finds the one in this project's ``plugins/`` folder (it puts the plugins folder on
+``sys.path``; ``$AIRFLOW_HOME/config/`` comes first, so a deployment with its own
+``airflow_local_settings`` adds ``from include.dbt_platform.runtime.triggerer import
+install_in_triggerer; install_in_triggerer()`` to it). :func:`install_in_triggerer` does nothing
+outside ``airflow triggerer``; inside, it patches the triggerer's module as soon as Airflow imports
+it. ``DBT_PLATFORM_TRIGGERER_PATCH=off`` leaves the triggerer stock. The official image, the Helm
+chart and Astro Runtime run ``airflow triggerer``: all get it, and
+``python -m include.dbt_platform.runtime.triggerer`` (the earlier launcher) still works.
 """
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import inspect
 import json
 import logging
+import os
 import select
 import sys
 from typing import Any
@@ -192,6 +202,65 @@ def install() -> bool:
         "runner logs served while sending"
     )
     return True
+
+
+# ----------------------------------------------------------------------------- stock `airflow triggerer`
+
+TRIGGERER_MODULE = "airflow.jobs.triggerer_job_runner"
+
+
+def is_triggerer_process(argv: list[str] | None = None) -> bool:
+    """This process is ``airflow triggerer`` (``airflow`` console script or ``python -m airflow``)."""
+    args = sys.argv if argv is None else argv
+    return len(args) >= 2 and args[1] == "triggerer" and os.path.basename(args[0]) in {
+        "airflow", "__main__.py", "-m"
+    }  # fmt: skip
+
+
+class _PatchAfterImport(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: when ``module`` is imported, wraps its loader so that ``then`` runs right
+    after the module has executed (the triggerer imports its job runner after Airflow's settings)."""
+
+    def __init__(self, module: str, then) -> None:
+        self.module, self.then = module, then
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != self.module:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        execute, then = spec.loader.exec_module, self.then
+
+        def exec_module(module) -> None:
+            execute(module)
+            then()
+
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+def install_in_triggerer(argv: list[str] | None = None) -> str:
+    """Called by ``airflow_local_settings`` in every Airflow process. Returns what it did."""
+    if not is_triggerer_process(argv):
+        return "not the triggerer"
+    if os.environ.get("DBT_PLATFORM_TRIGGERER_PATCH", "on").strip().lower() in {"off", "false", "0"}:
+        log.info("Triggerer runs stock: DBT_PLATFORM_TRIGGERER_PATCH=off")
+        return "switched off"
+
+    def install_safely() -> None:
+        try:
+            install()
+        except Exception as err:  # never keep the triggerer from starting
+            log.warning("Triggerer runs unpatched (each task gets the whole DAG): %r", err)
+
+    if TRIGGERER_MODULE in sys.modules:
+        install_safely()
+        return "installed"
+    if not any(isinstance(f, _PatchAfterImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _PatchAfterImport(TRIGGERER_MODULE, install_safely))
+    return "installs when the triggerer starts"
 
 
 def main(argv: list[str] | None = None) -> None:

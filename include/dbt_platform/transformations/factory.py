@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 from cosmos import DbtDag
 
+from include.dbt_platform.adapters.airflow_api import OWNER_PERMISSIONS
 from include.dbt_platform.config import Settings, get_settings
 from include.dbt_platform.transformations import cosmos_config
 from include.dbt_platform.transformations.assets import model_asset
@@ -75,6 +76,12 @@ def build_transformation_dag(project: DbtProject, settings: Settings | None = No
         start_date=START_DATE,
         catchup=False,
         max_active_runs=1,
+        # An empty mapping still syncs: it revokes what an earlier DAG of the same name granted.
+        access_control=(
+            None
+            if project.access_roles is None
+            else {role: {k: set(v) for k, v in OWNER_PERMISSIONS.items()} for role in project.access_roles}
+        ),
         doc_md=dag_doc(project, behavior, source_freshness),
         tags=["dbt", "transformations", *project.tags],
         default_args={

@@ -40,6 +40,9 @@ class DbtProject:
     test_behavior: str | None = None  # None: the platform default (DBT_PLATFORM_TEST_BEHAVIOR)
     # Whether its target is production: destructive warehouse_setup runs then need a confirmation.
     production: bool = False
+    # Airflow roles (FAB) that may see, pause and trigger this DAG (its access_control); None: the
+    # platform grants nothing of its own (admins and global readers still see it).
+    access_roles: tuple[str, ...] | None = None
 
     @property
     def manifest_path(self) -> Path:
@@ -90,7 +93,19 @@ def load_project(path: Path, settings: Settings | None = None) -> DbtProject:
         # platform.yml says so; else a project whose connection is a prod environment's (dbt_<name>_prod).
         production=bool(platform.get("production", str(platform.get("conn_id") or "").endswith("_prod"))),
         test_behavior=str(platform["test_behavior"]).lower() if platform.get("test_behavior") else None,
+        access_roles=_access_roles(path, platform),
     )
+
+
+def _access_roles(path: Path, platform: dict) -> tuple[str, ...] | None:
+    roles = platform.get("access_roles")
+    if roles is None:
+        return None
+    if not isinstance(roles, list) or not all(isinstance(r, str) and r.strip() for r in roles):
+        raise DbtProjectError(
+            f"{path / PLATFORM_FILE}: 'access_roles' must be a list of Airflow role names (got {roles!r})"
+        )
+    return tuple(roles)
 
 
 def project_dirs(settings: Settings | None = None) -> list[Path]:

@@ -1,0 +1,19 @@
+"""Airflow's local settings for this project: Airflow imports this module in every process it starts
+(it puts its plugins folder on ``sys.path``), before any DAG or task runs.
+
+It gives a stock ``airflow triggerer`` the platform's triggerer patch (see
+``include/dbt_platform/runtime/triggerer.py``: each trigger-started task goes to the trigger runner
+alone, not its whole DAG; guarded by exact version checks, with one warning and stock behaviour
+where they fail). Every other process is left as it is. A deployment with its own
+``$AIRFLOW_HOME/config/airflow_local_settings.py`` (which Airflow finds first) adds the import and
+the call below to it instead.
+"""
+
+import logging
+
+try:
+    from include.dbt_platform.runtime.triggerer import install_in_triggerer
+except ImportError as err:  # the project is not on PYTHONPATH: Airflow must still start
+    logging.getLogger(__name__).warning("dbt platform: triggerer patch not loaded: %s", err)
+else:
+    install_in_triggerer()
