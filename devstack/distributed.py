@@ -287,6 +287,8 @@ def live_workers(stack: StackSettings, profile: Profile) -> set[str]:
     app = Celery(broker=broker_url(stack, profile.redis_db))
     try:
         replies = app.control.ping(timeout=2.0) or []
+    except Exception:  # noqa: BLE001 - a broker just restarted drops connections: nobody answered yet
+        replies = []
     finally:
         app.close()
     return {name.split("@", 1)[-1] for reply in replies for name in reply}
