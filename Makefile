@@ -1,10 +1,11 @@
 # Quick start: `make run` (stack + demo), `make test` (whole suite), `make stop`.
+# `make run-distributed`: the same stack on Celery (two schedulers, triggerers, workers); `make chaos`, `make bench-saga`.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt constraints.txt | sha1sum | cut -c1-12)
 
-.PHONY: run stop status test test-unit lint manifests bench bench-saga-latency venv dsn
+.PHONY: run run-distributed chaos bench-saga stop status test test-unit lint manifests bench bench-saga-latency venv dsn
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +22,17 @@ run: manifests ## PostgreSQL + Airflow on 127.0.0.1, then the demo through the R
 	$(PY) -m devstack up
 	$(PY) -m devstack demo
 
-stop: ## stop Airflow and PostgreSQL (data is kept under .local/)
+run-distributed: manifests ## the same, on Celery + Redis: 2 schedulers, 2 triggerers, 2 workers, dag-processor, api-server
+	$(PY) -m devstack up-distributed
+	$(PY) -m devstack demo
+
+chaos: manifests ## crash drills on a distributed stack of their own (CHAOS_ARGS="--drill scheduler")
+	$(PY) -m devstack.chaos $(CHAOS_ARGS)
+
+bench-saga: manifests ## 50 project creations at once on a distributed stack, beside a bare DAG (BENCH_ARGS="--sagas 50")
+	$(PY) -m devstack.bench.saga_load $(BENCH_ARGS)
+
+stop: ## stop Airflow, Redis and PostgreSQL, either profile (data is kept under .local/)
 	@test -x $(PY) && $(PY) -m devstack down || true
 
 status:

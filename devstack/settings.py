@@ -78,6 +78,17 @@ class StackSettings:
     def git_url(self) -> str:
         return f"http://127.0.0.1:{self.git_port}"
 
+    # Ports of the services the distributed profile adds, derived from the PostgreSQL port so that
+    # clones with their own DBT_PLATFORM_PG_PORT never collide (devstack/distributed.py).
+    @property
+    def redis_port(self) -> int:
+        return self.pg_port + 10
+
+    @property
+    def redis_dir(self) -> Path:
+        """Redis's own folder (config, AOF, log), placed like PostgreSQL's: see :func:`pg_dir_for`."""
+        return service_dir_for(self.local_dir, "redis", "redis")
+
 
 def get_stack_settings() -> StackSettings:
     local_dir = Path(env("DBT_PLATFORM_LOCAL_DIR", str(REPO_ROOT / ".local"))).absolute()
@@ -100,11 +111,17 @@ def pg_dir_for(local_dir: Path, pg_os_user: str) -> Path:
     """``local_dir/pg``, or, when we run as root and ``pg_os_user`` cannot reach ``local_dir`` (a
     clone under a 0700 home such as /root), a folder of its own under /var/tmp, named after
     ``local_dir`` so every command of this clone finds the same one."""
-    wanted = local_dir / "pg"
-    if os.geteuid() != 0 or can_reach(local_dir, pg_os_user):
+    return service_dir_for(local_dir, "pg", pg_os_user)
+
+
+def service_dir_for(local_dir: Path, name: str, os_user: str) -> Path:
+    """``local_dir/<name>`` for a service run as ``os_user``, or a folder under /var/tmp (see
+    :func:`pg_dir_for`)."""
+    wanted = local_dir / name
+    if os.geteuid() != 0 or can_reach(local_dir, os_user):
         return wanted
     digest = hashlib.sha1(str(local_dir).encode()).hexdigest()[:10]
-    return Path("/var/tmp") / f"dbt-platform-pg-{digest}"
+    return Path("/var/tmp") / f"dbt-platform-{name}-{digest}"
 
 
 def can_reach(path: Path, user: str) -> bool:

@@ -14,12 +14,19 @@ import time
 from pathlib import Path
 
 from devstack.airflow import airflow_env, isolated_target, write_airflow_config
+from devstack.distributed import profile
 from devstack.settings import admin_dsn, get_stack_settings, role_dsn
 from include.dbt_platform.config import REPO_ROOT
 
 STACK = get_stack_settings()
 TEST_ROOT = STACK.local_dir / "test"
-TARGET = isolated_target(STACK, "test", port_offset=100)
+# The tests' own target (API on +100). `make chaos` and `make bench-saga` read their own stacks
+# through the same helpers (the leak inventory of tests/saga_support.py): DBT_PLATFORM_TEST_TARGET
+# names their profile (devstack/distributed.py).
+_PROFILE = os.environ.get("DBT_PLATFORM_TEST_TARGET", "test")
+TARGET = (
+    isolated_target(STACK, "test", port_offset=100) if _PROFILE == "test" else profile(STACK, _PROFILE).target
+)
 TEST_ENV = {
     **airflow_env(STACK, TARGET),
     "SAGA_FAULT_INJECTION": "1",

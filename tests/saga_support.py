@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from contextlib import contextmanager
 from dataclasses import replace
@@ -207,3 +208,33 @@ def assert_trace_matches_journal(saga_id: str) -> list[dict]:
         r[0]: "compensation_failed" for r in rows if r[1] == j.COMPENSATION_FAILED
     }, "the last run of each compensation ended as the journal says"
     return spans
+
+
+def _plain(value):
+    """The inventory as JSON can carry it: sets and tuples as sorted lists."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (set, frozenset, list, tuple)):
+        items = [_plain(v) for v in value]
+        return items if isinstance(value, (list, tuple)) else sorted(items, key=json.dumps)
+    return value
+
+
+def main(argv: list[str]) -> int:
+    """``python -m tests.saga_support inventory|undo-completed``: what `make chaos` and `make
+    bench-saga` ask of their own stack (DBT_PLATFORM_TEST_TARGET names it): the leak inventory as
+    JSON, or take down what its COMPLETED sagas made."""
+    if argv == ["inventory"]:
+        print(json.dumps(_plain(inventory())))
+    elif argv == ["undo-completed"]:
+        undo_completed_sagas()
+    else:
+        print("usage: python -m tests.saga_support inventory|undo-completed")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))
