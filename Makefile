@@ -32,7 +32,7 @@ chaos: manifests ## crash drills on a distributed stack of their own (CHAOS_ARGS
 bench-saga: manifests ## 50 project creations at once on a distributed stack, beside a bare DAG (BENCH_ARGS="--sagas 50")
 	$(PY) -m devstack.bench.saga_load $(BENCH_ARGS)
 
-stop: ## stop Airflow, Redis and PostgreSQL, either profile (data is kept under .local/)
+stop: ## stop Airflow, Redis, OpenBao, the git server, the metrics exporter and PostgreSQL, either profile (data is kept under .local/)
 	@test -x $(PY) && $(PY) -m devstack down || true
 
 status:

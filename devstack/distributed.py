@@ -2,13 +2,14 @@
 machines, started natively on this one.
 
 CeleryExecutor with Redis (devstack/redis.py), two schedulers (active/active on PostgreSQL row locks),
-two triggerers (stock ``airflow triggerer``, patched by plugins/airflow_local_settings.py), a standalone dag-processor, the api-server, and two
-Celery workers. Every component is its own "host" (devstack/hosts.py): its own ``AIRFLOW_HOME`` with
-its own copy of ``airflow.cfg`` (0600), its own log folder, temporary folder and working directory
+two triggerers (stock ``airflow triggerer``, patched by plugins/airflow_local_settings.py), a
+standalone dag-processor, the api-server, and two Celery workers. Every component is its own "host"
+(devstack/hosts.py): its own ``AIRFLOW_HOME`` with its own copy of ``airflow.cfg`` (0600), its own
+log folder, temporary folder, working directory and checkout of the registered-projects bundle
 under ``<home>/hosts/<name>/``, its own host name. What they share on disk is what a real deployment
-shares: the DAG bundle (``dags/``, ``include/``, ``plugins/``, ``dbt_projects/``, this repository)
-and, until credentials and repositories move to their own servers (issue 15, item 2), the platform's
-state folder (``DBT_PLATFORM_STATE_DIR``: the connections file, repositories, registered projects).
+shares: the platform's DAG folder (``dags/``, ``include/``, ``plugins/``, ``dbt_projects/``, this
+repository). Connections are in OpenBao, repositories and the registered projects on the git server
+(devstack/openbao.py, devstack/git_server.py), started as for ``make run``.
 Everything listens on 127.0.0.1 only; the workers' log servers on their own ports (PG port + 40, + 41).
 
 A supervisor (devstack/supervisor.py) restarts whatever exits, as compose's ``restart: always`` does;
@@ -42,6 +43,7 @@ from devstack.airflow import (
     prepare_airflow_home,
     stop_airflow,
 )
+from devstack.observability import observability_up
 from devstack.postgres import pg_up
 from devstack.redis import broker_url, redis_start
 from devstack.settings import StackError, StackSettings, admin_dsn
@@ -175,6 +177,8 @@ def program_env(stack: StackSettings, profile: Profile, program: str) -> dict[st
             "AIRFLOW_CONFIG": str(home / "airflow.cfg"),
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
             "TMPDIR": str(home / "tmp"),
+            # Each host checks the registered-projects bundle out on its own disk, as separate machines do.
+            "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_STORAGE_PATH": str(home / "dag_bundles"),
             "DBT_PLATFORM_HOSTNAME": host,
         }
     )
@@ -328,6 +332,7 @@ def distributed_up(stack: StackSettings, profile: Profile, say=print) -> Profile
     )
     prepare_airflow_home(stack, target)
     migrate_metadata_db(stack, target)
+    observability_up(stack, target)  # the StatsD exporter (and Prometheus) the components report to
     write_host_configs(stack, profile)
     start_distributed(stack, profile)
     say(f"Components started ({time.monotonic() - started:.0f}s); waiting until every one is healthy…")

@@ -89,12 +89,18 @@ def inventory() -> dict:
         "repositories": sorted(r.name for r in host.repositories()),
         "registered": registered[bundle.PROJECTS],
         "set_aside": registered[bundle.RETIRED],
-        # Nothing of the sagas' on this machine's disk.
-        "local_state": sorted(str(p.relative_to(settings.state_dir)) for p in settings.state_dir.rglob("*"))
+        # Nothing of the sagas' on this machine's disk (the telemetry files are outputs, like logs).
+        "local_state": sorted(
+            str(p.relative_to(settings.state_dir))
+            for p in settings.state_dir.rglob("*")
+            if p.relative_to(settings.state_dir).parts[0] not in TELEMETRY_DIRS
+        )
         if settings.state_dir.exists()
         else [],
     }
 
+
+TELEMETRY_DIRS = ("lineage", "traces")  # OpenLineage events and the trace file (docs/observability.md)
 
 NEW_MODEL = "select heartbeat_id, 'pushed by the owner' as note from {{ ref('platform_heartbeat') }}\n"
 BROKEN_MODEL = "select * from {{ ref('platform_heartbeat' }}\n"  # a Jinja syntax error: dbt parse fails

@@ -272,14 +272,15 @@ def _clean_up_completed_projects():
 # Where each step's effect can be cut by a crash (its statement boundaries, in order; see
 # include/dbt_platform/boundaries.py). Some are inside one transaction (the crash must leave nothing),
 # the others between two statements that cannot share one (the compensation must recognise the half).
+# register_transformations has none: its effect is one push, which the git server makes atomic (a
+# crash after it is the kill matrix's crash_after_effect).
 BETWEEN_STATEMENTS = {
     "create_project": [1],  # the registry row is in, its result not recorded
     "provision_database": [1, 2, 3],  # created under its reserved name / marked / closed, not renamed
     "create_environments": [1, 2],  # schema created not marked (one transaction) / no environment row
-    "setup_repository": [1, 2],  # initialised / committed, not yet renamed into place
-    "create_credentials": [3, 4],  # role made, connection not stored / connections file half written
+    "setup_repository": [1],  # the repository made on the git server, the scaffold not yet pushed
+    "create_credentials": [3, 4],  # role made, connection not stored / the next role begun (one transaction)
     "assign_entitlements": [1],  # roles and grants are one transaction
-    "register_transformations": [1, 2],  # cloned / prepared, not yet renamed into place
     "notify_owner": [1],  # sent, not recorded
 }
 

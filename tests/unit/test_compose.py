@@ -198,6 +198,10 @@ def test_metrics_and_lineage_are_switched_on(compose):
     prometheus = yaml.safe_load((REPO_ROOT / "config" / "prometheus.yml").read_text())
     (targets,) = [c["static_configs"][0]["targets"] for c in prometheus["scrape_configs"]]
     assert targets == ["statsd-exporter:9102"]
+    # airflow-init makes the lineage and trace folders (the file transport does not) in the shared logs.
+    init = services["airflow-init"]
+    assert any(mount_target(v) == "/opt/airflow/logs" for v in init["volumes"])
+    assert "mkdir -p /opt/airflow/logs/lineage /opt/airflow/logs/traces" in "\n".join(init["command"])
 
 
 def test_the_same_recovery_settings_as_the_distributed_profile(compose):

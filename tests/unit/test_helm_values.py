@@ -63,8 +63,18 @@ def test_secrets_backend_and_dag_bundle(values):
         m["mountPath"] == "/opt/airflow/secrets/openbao" and m["readOnly"] for m in values["volumeMounts"]
     )
     bundles = json.loads(values["config"]["dag_processor"]["dag_bundle_config_list"])
-    assert [b["classpath"] for b in bundles] == ["airflow.providers.git.bundles.git.GitDagBundle"]
-    assert bundles[0]["kwargs"]["subdir"] == "dags"
+    assert {b["classpath"] for b in bundles} == {"airflow.providers.git.bundles.git.GitDagBundle"}
+    named = {b["name"]: b["kwargs"] for b in bundles}
+    assert named["dbt-platform"]["subdir"] == "dags"
+    # The projects the sagas created: the same bundle and connection as docker-compose.yaml.
+    compose = yaml.safe_load((REPO_ROOT / "docker-compose.yaml").read_text())
+    env = compose["x-airflow-common"]["environment"]
+    composed = {
+        b["name"]: b["kwargs"] for b in json.loads(env["AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST"])
+    }
+    assert named["registered_projects"]["git_conn_id"] == composed["registered_projects"]["git_conn_id"]
+    assert named["registered_projects"]["repo_url"].endswith("/platform/dbt-platform-projects.git")
+    assert {k["git_conn_id"] for k in named.values()} == {"platform_git"}
     assert values["dags"]["gitSync"]["enabled"] is False
 
 

@@ -77,10 +77,11 @@ class NotificationLog(Postgres):
 
 def _smtp_connection(conn_id: str):
     from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
 
     try:
         return BaseHook.get_connection(conn_id)
-    except Exception:  # not configured: record only
+    except AirflowNotFoundException:  # not configured: record only (a secrets outage is raised)
         return None
 
 

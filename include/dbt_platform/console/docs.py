@@ -8,8 +8,10 @@ every DAG.
 
 The docs are what the manifest build generates (``target/static_index.html``,
 :mod:`include.dbt_platform.transformations.manifests`), for the bundled projects and the ones a saga
-created alike: the list is read from the projects folder at every request, so a new project
-appears without restarting the api-server.
+created alike: the list is read at every request from the projects folder and from the
+registered-projects bundle on the git server (the api-server has no bundle checkout of its own: this
+app keeps one, fetched again only when the bundle's head moves), so a new project appears without
+restarting the api-server.
 
 Why not Cosmos's dbt-docs plugin (``[cosmos] dbt_docs_projects``, Cosmos 1.15): it reads its list
 of projects once, when the api-server starts (a project the saga creates later would need a
@@ -22,6 +24,10 @@ Airflow's login.
 
 from __future__ import annotations
 
+import logging
+import shutil
+import tempfile
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -37,10 +43,36 @@ URL_PREFIX = "/dbt-docs"
 HERE = Path(__file__).parent
 
 
+log = logging.getLogger(__name__)
+_bundle_lock = threading.Lock()
+_bundle: dict = {"commit": None, "dir": None}
+
+
+def _registered_dir() -> Path | None:
+    """The projects folder of a checkout of the registered-projects bundle at its head (or the last
+    one fetched, while the git server does not answer); None before any project is registered."""
+    from include.dbt_platform.adapters import git
+    from include.dbt_platform.transformations import bundle
+
+    with _bundle_lock:
+        try:
+            host = git.git_host()
+            head = git.head(bundle.url(host), host)
+            if head is not None and head != _bundle["commit"]:
+                fresh = Path(tempfile.mkdtemp(prefix="dbt-docs-bundle-"))
+                git.fetch(bundle.url(host), host, fresh / "tree", head)
+                old, _bundle["dir"], _bundle["commit"] = _bundle["dir"], fresh, head
+                if old is not None:
+                    shutil.rmtree(old, ignore_errors=True)
+        except Exception as exc:  # noqa: BLE001 - the bundled projects are still listed
+            log.warning("dbt docs: the registered-projects bundle could not be read: %s", exc)
+        return _bundle["dir"] / "tree" / bundle.PROJECTS if _bundle["dir"] else None
+
+
 def _projects() -> list:
     from include.dbt_platform.transformations.projects import discover
 
-    return sorted(discover().projects, key=lambda p: p.name)
+    return sorted(discover(registered=_registered_dir()).projects, key=lambda p: p.name)
 
 
 def _docs_file(project) -> Path:
