@@ -72,7 +72,12 @@ def _registered_dir() -> Path | None:
 def _projects() -> list:
     from include.dbt_platform.transformations.projects import discover
 
-    return sorted(discover(registered=_registered_dir()).projects, key=lambda p: p.name)
+    bundled = discover().projects
+    registered_dir = _registered_dir()
+    # With a folder of registered projects, discover() returns those alone (the bundled ones are the
+    # other DAG file's), with the same rule that a registered one never takes a bundled one's name.
+    registered = discover(registered=registered_dir).projects if registered_dir else []
+    return sorted([*bundled, *registered], key=lambda p: p.name)
 
 
 def _docs_file(project) -> Path:
