@@ -17,6 +17,7 @@ from pathlib import Path
 
 from devstack.observability import observability_env, observability_up
 from devstack.postgres import pg_up
+from devstack.services import _alive
 from devstack.settings import (
     AIRFLOW_USERS,
     TELEMETRY_OFF,
@@ -246,21 +247,6 @@ def migrate_metadata_db(stack: StackSettings, target: AirflowTarget) -> None:
 
 def _pidfile(stack: StackSettings, target: AirflowTarget, component: str) -> Path:
     return target.home / "run" / f"{component}.pid"
-
-
-def _alive(pid: int) -> bool:
-    try:  # a component this process started and that has exited: reap it (else it lingers, a zombie)
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    except ChildProcessError:
-        pass  # not our child
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def component_pid(stack: StackSettings, target: AirflowTarget, component: str) -> int | None:

@@ -14,6 +14,13 @@ from devstack.settings import StackError
 
 
 def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs; a child of this process that has exited is reaped (else it lingers, a
+    zombie, and looks alive). The stack's one liveness check (devstack/airflow.py uses it too)."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass  # not our child
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
