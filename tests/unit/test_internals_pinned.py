@@ -110,3 +110,32 @@ def test_render_config_still_takes_node_converters():
     from cosmos.config import RenderConfig
 
     assert "node_converters" in inspect.signature(RenderConfig).parameters
+
+
+def _flag_source_seen_from_here() -> str:
+    from dbt_common.behavior_flags import Behavior
+
+    behavior = Behavior([{"name": "pinned_flag", "default": False, "docs_url": "https://example.org"}], {})
+    return behavior.pinned_flag._behavior_change_event.flag_source
+
+
+def test_behavior_flags_still_name_their_source_the_way_our_cheap_version_does():
+    # transformations/dbt.py replaces dbt-common's costly ``_default_source`` (inspect.stack()).
+    from dbt_common.behavior_flags import BehaviorFlagRendered
+
+    from include.dbt_platform.transformations import dbt
+
+    assert isinstance(inspect.getattr_static(BehaviorFlagRendered, "_default_source"), staticmethod)
+    assert "self._default_source()" in inspect.getsource(BehaviorFlagRendered.__init__)
+    current = BehaviorFlagRendered.__dict__["_default_source"]
+    # `make test` runs dbt (and so the replacement) before this tier: put dbt-common's own back first.
+    original = getattr(current.__func__, "replaced", current)
+    BehaviorFlagRendered._default_source = original
+    try:
+        assert _flag_source_seen_from_here() == __name__  # dbt-common's own answer
+        assert dbt.cheap_behavior_flag_source()
+        assert dbt.cheap_behavior_flag_source()  # idempotent
+        assert BehaviorFlagRendered.__dict__["_default_source"].__func__ is dbt._frame_module_name
+        assert _flag_source_seen_from_here() == __name__  # the same answer, cheaply
+    finally:
+        BehaviorFlagRendered._default_source = current

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -114,11 +115,42 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
         os.environ.update(hidden)
 
 
+def _frame_module_name() -> str:
+    """The module that created a behaviour flag: what ``BehaviorFlag._default_source`` answers,
+    from each frame's globals instead of ``inspect.stack()``."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        name = frame.f_globals.get("__name__")
+        if name and name != "dbt_common.behavior_flags":
+            return name
+        frame = frame.f_back
+    return "Unknown"
+
+
+def cheap_behavior_flag_source() -> bool:
+    """dbt-common names the module that declared each adapter behaviour flag with
+    ``inspect.stack()``, which reads the source file of every frame on the stack and scans
+    ``sys.modules`` for each: about 0.15 s per flag in an Airflow task or under pytest, several flags
+    per dbt invocation, on every invocation. The answer only feeds a deprecation event's text; this
+    gives the same module name from the frames' globals. Idempotent; True once done. Pinned by
+    ``tests/unit/test_internals_pinned.py``."""
+    from dbt_common import behavior_flags
+
+    flag = behavior_flags.BehaviorFlagRendered
+    if getattr(flag._default_source, "_dbt_platform_cheap", False):
+        return True
+    _frame_module_name._dbt_platform_cheap = True  # type: ignore[attr-defined]
+    _frame_module_name.replaced = flag.__dict__["_default_source"]  # type: ignore[attr-defined]
+    flag._default_source = staticmethod(_frame_module_name)
+    return True
+
+
 def guard_cosmos_runs() -> bool:
     """Run every dbt invocation of Cosmos' operators (``cosmos.dbt.runner.run_command``, what
     ``InvocationMode.DBT_RUNNER`` calls) without the platform's secrets. Idempotent; True once done."""
     from cosmos.dbt import runner
 
+    cheap_behavior_flag_source()
     original = runner.run_command
     if getattr(original, "_dbt_platform_guard", False):
         return True
@@ -143,6 +175,7 @@ def run(
     """``dbt <args>`` for ``project`` with ``profile``; node results and the first error, if any."""
     from dbt.cli.main import dbtRunner
 
+    cheap_behavior_flag_source()
     command = [
         *args,
         "--project-dir", str(project.path),
