@@ -24,6 +24,7 @@ from pathlib import Path
 import psycopg2
 
 from devstack.distributed import Profile, program_pid, wait_distributed_healthy
+from devstack.openbao import bao_up, init_file
 from devstack.postgres import pg_is_running, pg_stop, pg_up
 from devstack.redis import redis_is_running, redis_stop
 from devstack.settings import StackError, StackSettings, admin_dsn
@@ -252,6 +253,13 @@ def fresh_metadata(stack: StackSettings, profile: Profile):
         admin.close()
     shutil.rmtree(target.state_dir, ignore_errors=True)
     Path(target.state_dir).mkdir(parents=True, exist_ok=True)
+    # Its share of the stack's git server and secrets manager: an aborted session's projects would
+    # otherwise come back through the registered-projects bundle, their connections with them.
+    shutil.rmtree(stack.git_dir / "repositories" / target.git_org, ignore_errors=True)
+    if init_file(stack).exists():
+        root = bao_up(stack)
+        if f"{target.secrets_mount}/" in root.sys.list_mounted_secrets_engines()["data"]:
+            root.sys.disable_secrets_engine(target.secrets_mount)
     yield
 
 

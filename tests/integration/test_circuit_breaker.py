@@ -38,8 +38,8 @@ def projects_server(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("DBT_PLATFORM_BREAKER_PROBE_SECONDS", "3600")
     breaker().succeeded("warehouse")  # a closed breaker to start from
     yield SERVER
-    pg_up(SERVER, ("platform",))
     breaker().succeeded("warehouse")
+    pg_stop(SERVER)  # a second server left running would outlive the suite (`make stop` knows only the stack's)
 
 
 class Said(logging.Handler):
