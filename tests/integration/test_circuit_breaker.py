@@ -39,7 +39,8 @@ def projects_server(monkeypatch: pytest.MonkeyPatch):
     breaker().succeeded("warehouse")  # a closed breaker to start from
     yield SERVER
     breaker().succeeded("warehouse")
-    pg_stop(SERVER)  # a second server left running would outlive the suite (`make stop` knows only the stack's)
+    # A second server left running would outlive the suite (`make stop` knows only the stack's).
+    pg_stop(SERVER)
 
 
 class Said(logging.Handler):
