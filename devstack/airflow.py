@@ -17,7 +17,7 @@ from pathlib import Path
 
 from devstack.observability import observability_env, observability_up
 from devstack.postgres import pg_up
-from devstack.services import _alive
+from devstack.services import alive, service_pid
 from devstack.settings import (
     AIRFLOW_USERS,
     TELEMETRY_OFF,
@@ -250,14 +250,7 @@ def _pidfile(stack: StackSettings, target: AirflowTarget, component: str) -> Pat
 
 
 def component_pid(stack: StackSettings, target: AirflowTarget, component: str) -> int | None:
-    pidfile = _pidfile(stack, target, component)
-    if not pidfile.exists():
-        return None
-    try:
-        pid = int(pidfile.read_text().strip())
-    except ValueError:
-        return None
-    return pid if _alive(pid) else None
+    return service_pid(_pidfile(stack, target, component))
 
 
 def _lower_priority(niceness: int) -> None:
@@ -319,9 +312,9 @@ def stop_airflow(stack: StackSettings, target: AirflowTarget, timeout: float = 3
             pass
     deadline = time.monotonic() + timeout
     for component, pid in pids.items():
-        while pid and _alive(pid) and time.monotonic() < deadline:
+        while pid and alive(pid) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if pid and _alive(pid):
+        if pid and alive(pid):
             try:
                 os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:

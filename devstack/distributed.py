@@ -33,7 +33,6 @@ from devstack.airflow import (
     AIRFLOW_COMPONENTS,
     COMPONENT_NICENESS,
     AirflowTarget,
-    _alive,
     airflow_bin,
     component_environment,
     default_target,
@@ -46,6 +45,7 @@ from devstack.airflow import (
 from devstack.observability import observability_up
 from devstack.postgres import pg_up
 from devstack.redis import broker_url, redis_start
+from devstack.services import alive, service_pid
 from devstack.settings import StackError, StackSettings, admin_dsn
 from include.dbt_platform.config import REPO_ROOT
 
@@ -212,19 +212,11 @@ def write_spec(stack: StackSettings, profile: Profile) -> Path:
 
 
 def supervisor_pid(profile: Profile) -> int | None:
-    try:
-        pid = int((profile.run_dir / "supervisor.pid").read_text())
-    except (OSError, ValueError):
-        return None
-    return pid if _alive(pid) else None
+    return service_pid(profile.run_dir / "supervisor.pid")
 
 
 def program_pid(profile: Profile, program: str) -> int | None:
-    try:
-        pid = int((profile.run_dir / f"{program}.pid").read_text())
-    except (OSError, ValueError):
-        return None
-    return pid if _alive(pid) else None
+    return service_pid(profile.run_dir / f"{program}.pid")
 
 
 def start_distributed(stack: StackSettings, profile: Profile) -> None:
@@ -249,9 +241,9 @@ def stop_distributed(stack: StackSettings, profile: Profile, timeout: float = 60
     if pid:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while _alive(pid) and time.monotonic() < deadline:
+        while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if _alive(pid):
+        if alive(pid):
             os.kill(pid, signal.SIGKILL)
     for program in components(profile):  # a supervisor killed hard leaves its programs behind
         leftover = program_pid(profile, program)

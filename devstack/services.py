@@ -13,9 +13,9 @@ from pathlib import Path
 from devstack.settings import StackError
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     """Whether ``pid`` runs; a child of this process that has exited is reaped (else it lingers, a
-    zombie, and looks alive). The stack's one liveness check (devstack/airflow.py uses it too)."""
+    zombie, and looks alive). The stack's one liveness check: airflow.py and distributed.py use it."""
     try:
         if os.waitpid(pid, os.WNOHANG)[0] == pid:
             return False
@@ -35,7 +35,7 @@ def service_pid(pidfile: Path) -> int | None:
         pid = int(pidfile.read_text().strip())
     except (OSError, ValueError):
         return None
-    return pid if _alive(pid) else None
+    return pid if alive(pid) else None
 
 
 def port_open(port: int) -> bool:
@@ -69,7 +69,7 @@ def start_service(
         pid = proc.pid
     deadline = time.monotonic() + 30
     while not port_open(port):
-        if not _alive(pid):
+        if not alive(pid):
             tail = logfile.read_text(errors="replace")[-2000:] if logfile.exists() else ""
             raise StackError(f"{name} exited while starting; its log ({logfile}) ends:\n{tail}")
         if time.monotonic() > deadline:
@@ -86,9 +86,9 @@ def stop_service(pidfile: Path, timeout: float = 15) -> None:
         except ProcessLookupError:
             pass
         deadline = time.monotonic() + timeout
-        while _alive(pid) and time.monotonic() < deadline:
+        while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if _alive(pid):
+        if alive(pid):
             try:
                 os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:
