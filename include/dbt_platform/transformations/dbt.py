@@ -137,9 +137,8 @@ def cheap_behavior_flag_source() -> bool:
     from dbt_common import behavior_flags
 
     flag = behavior_flags.BehaviorFlagRendered
-    if getattr(flag._default_source, "_dbt_platform_cheap", False):
+    if flag._default_source is _frame_module_name:
         return True
-    _frame_module_name._dbt_platform_cheap = True  # type: ignore[attr-defined]
     _frame_module_name.replaced = flag.__dict__["_default_source"]  # type: ignore[attr-defined]
     flag._default_source = staticmethod(_frame_module_name)
     return True
