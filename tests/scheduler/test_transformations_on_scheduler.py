@@ -299,18 +299,27 @@ def _descendants(roots: list[int]) -> set[int]:
     return found
 
 
-def _is_git(env: str) -> bool:
-    """A git process (``git ...``, ``git-remote-http``), from its command line."""
-    program = env.split("cmdline=")[-1].split("\0")[0]
-    return Path(program).name in {"git", "git-remote-http", "git-remote-https"}
+def _in_git(pid: int) -> bool:
+    """Whether ``pid`` is a git process (``git ...``, ``git-remote-http``) or runs under one: the
+    credential helper git starts (``sh -c .../credential-helper.sh get`` and its ``cat``) is git's own
+    credential process and inherits the credential git was handed."""
+    while pid > 1:
+        try:
+            program = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            return False
+        if Path(program).name in {"git", "git-remote-http", "git-remote-https"}:
+            return True
+    return False
 
 
 def test_no_process_of_the_stack_holds_a_secret_in_its_environment(client):
     """Every Airflow component and every task process (the build's dbt among them) runs with no
     password, DSN, key or token in its environment: they are in OpenBao or in files only the stack's
     user can read. The one exception is git's own credential: a git process (cloning the
-    registered-projects bundle) is handed the git server's password by its parent, as a credential
-    helper reads it, and nothing else gets it."""
+    registered-projects bundle) and the credential helper it starts are handed the git server's
+    password by their parent, as a credential helper reads it, and nothing else gets it."""
     import json
 
     from devstack.git_server import git_password
@@ -341,10 +350,12 @@ def test_no_process_of_the_stack_holds_a_secret_in_its_environment(client):
     status, body = client.trigger(DAG_ID, run)
     assert status == 200, body
     seen: dict[int, str] = {}
+    under_git: dict[int, bool] = {}
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         for pid in _descendants(roots):
             if pid not in seen:
+                under_git[pid] = _in_git(pid)
                 try:
                     seen[pid] = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
                     seen[pid] += "\0cmdline=" + Path(f"/proc/{pid}/cmdline").read_bytes().decode(
@@ -367,7 +378,7 @@ def test_no_process_of_the_stack_holds_a_secret_in_its_environment(client):
             for what, secret in secrets.items()
             if secret in value
             and not (name.startswith("COSMOS_CONN_") and secret == own)
-            and not (what == "the git server's password" and _is_git(env))
+            and not (what == "the git server's password" and under_git[pid])
         ]
         assert not leaks, f"pid {pid} ({env.split('cmdline=')[-1][:80]!r}) holds {leaks}"
 
