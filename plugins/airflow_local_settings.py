@@ -4,16 +4,20 @@
 It gives a stock ``airflow triggerer`` the platform's triggerer patch (see
 ``include/dbt_platform/runtime/triggerer.py``: each trigger-started task goes to the trigger runner
 alone, not its whole DAG; guarded by exact version checks, with one warning and stock behaviour
-where they fail). Every other process is left as it is. A deployment with its own
-``$AIRFLOW_HOME/config/airflow_local_settings.py`` (which Airflow finds first) adds the import and
-the call below to it instead.
+where they fail), and loads dbt once in the processes that fork task processes (``airflow
+scheduler`` with a LocalExecutor, ``airflow celery worker``; see
+``include/dbt_platform/runtime/warm_dbt.py``), so that tasks running dbt start warm. Every other
+process is left as it is. A deployment with its own ``$AIRFLOW_HOME/config/airflow_local_settings.py``
+(which Airflow finds first) adds the imports and the calls below to it instead.
 """
 
 import logging
 
 try:
+    from include.dbt_platform.runtime import warm_dbt
     from include.dbt_platform.runtime.triggerer import install_in_triggerer
 except ImportError as err:  # the project is not on PYTHONPATH: Airflow must still start
-    logging.getLogger(__name__).warning("dbt platform: triggerer patch not loaded: %s", err)
+    logging.getLogger(__name__).warning("dbt platform: triggerer patch and dbt preload not loaded: %s", err)
 else:
     install_in_triggerer()
+    warm_dbt.install()
