@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     })  # fmt: skip
     outcomes: list[Outcome] = []
     started = time.monotonic()
-    with d.servers_left_as_found(stack), d.fresh_metadata(stack, prof):
+    with d.servers_left_as_found(stack), d.fresh_metadata(stack, prof.target):
         if "triggerer" in chosen:
             from include.dbt_platform.transformations.manifests import build_manifest
 

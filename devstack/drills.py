@@ -23,6 +23,7 @@ from pathlib import Path
 
 import psycopg2
 
+from devstack.airflow import AirflowTarget
 from devstack.distributed import Profile, program_pid, wait_distributed_healthy
 from devstack.openbao import bao_up, init_file
 from devstack.postgres import pg_is_running, pg_stop, pg_up
@@ -238,10 +239,10 @@ def wait_until(predicate, timeout: float, poll: float = 0.3):
 
 
 @contextmanager
-def fresh_metadata(stack: StackSettings, profile: Profile):
-    """A clean slate for a run of drills or of the load: a new metadata database (runs an aborted
-    session left would resume), and no sagas, projects or state of earlier sessions."""
-    target = profile.target
+def fresh_metadata(stack: StackSettings, target: AirflowTarget):
+    """A clean slate for a run of drills or of a benchmark on ``target``: a new metadata database
+    (runs an aborted session left would resume), and no sagas, projects or state of earlier
+    sessions (their projects' DAGs would run on their schedule beside what is measured)."""
     pg_up(stack)
     admin = psycopg2.connect(admin_dsn(stack))
     admin.autocommit = True

@@ -5,7 +5,8 @@ uses), then, side by side in one run, triggers through the REST API `--runs` sag
 project each) and `--runs` runs of `bare_chain`, a DAG of as many no-op tasks as a saga runs on its
 happy path. For each it prints the run's wall time (run start to run end), each task's busy time and
 the gaps between tasks (the scheduler's latency), then a `SUMMARY` line. Nothing asserts a time.
-The projects it creates are taken down at the end (databases, roles, connections, files).
+It starts from a clean slate (no projects of earlier runs, whose DAGs would run beside it); the
+projects it creates are taken down at the end (databases, roles, connections, files).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from devstack.airflow import (  # noqa: E402
     wait_healthy,
 )
 from devstack.client import client_for  # noqa: E402
+from devstack.drills import fresh_metadata  # noqa: E402
 from devstack.postgres import pg_up  # noqa: E402
 from devstack.settings import admin_dsn, get_stack_settings  # noqa: E402
 
@@ -93,6 +95,23 @@ def take_down(stack) -> None:
     conn.close()
 
 
+def run_both(stack, target, runs: int, environments: list[str]) -> dict[str, list[dict]]:
+    """``runs`` sagas and ``runs`` bare chains, interleaved: both see the same machine."""
+    results: dict[str, list[dict]] = {SAGA: [], BARE: []}
+    wait_healthy(stack, target)
+    client = client_for(stack, target)
+    for dag_id in (SAGA, BARE):
+        client.wait_for_dag(dag_id)
+    for _ in range(runs):
+        name = f"{PREFIX}_{uuid.uuid4().hex[:8]}"
+        conf = {"project_name": name, "owner": "bench@example.com", "description": "", "environments":
+                environments, "database_mode": "new", "database_name": None, "readers": [],
+                "idempotency_key": None}  # fmt: skip
+        results[SAGA].append(measure(client, SAGA, conf))
+        results[BARE].append(measure(client, BARE, None))
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5)
@@ -107,30 +126,19 @@ def main(argv: list[str] | None = None) -> int:
         old.unlink()
     for source in (REPO_ROOT / "dags").glob("*.py"):
         (dags / source.name).symlink_to(source)
-    happy_path_tasks = 11  # nine steps, complete_saga, report_outcome (compensate is skipped)
+    happy_path_tasks = 12  # wait_for_turn, nine steps, complete_saga, report_outcome (compensate is skipped)
     (dags / "bare_chain.py").write_text(BARE_CHAIN.format(n=happy_path_tasks))
-    pg_up(stack, (target.metadata_db, target.warehouse_db, target.platform_db))
-    prepare_airflow_home(stack, target)
-    migrate_metadata_db(stack, target)
     stop_airflow(stack, target)
-    start_airflow(stack, target, extra_env={"AIRFLOW__CORE__DAGS_FOLDER": str(dags)})
-    results: dict[str, list[dict]] = {SAGA: [], BARE: []}
-    try:
-        wait_healthy(stack, target)
-        client = client_for(stack, target)
-        for dag_id in (SAGA, BARE):
-            client.wait_for_dag(dag_id)
-        environments = [e for e in args.environments.split(",") if e]
-        for _ in range(args.runs):  # interleaved: both see the same machine
-            name = f"{PREFIX}_{uuid.uuid4().hex[:8]}"
-            conf = {"project_name": name, "owner": "bench@example.com", "description": "", "environments":
-                    environments, "database_mode": "new", "database_name": None, "readers": [],
-                    "idempotency_key": None}  # fmt: skip
-            results[SAGA].append(measure(client, SAGA, conf))
-            results[BARE].append(measure(client, BARE, None))
-    finally:
-        stop_airflow(stack, target)
-        take_down(stack)
+    with fresh_metadata(stack, target):
+        pg_up(stack, (target.metadata_db, target.warehouse_db, target.platform_db))
+        prepare_airflow_home(stack, target)
+        migrate_metadata_db(stack, target)
+        start_airflow(stack, target, extra_env={"AIRFLOW__CORE__DAGS_FOLDER": str(dags)})
+        try:
+            results = run_both(stack, target, args.runs, [e for e in args.environments.split(",") if e])
+        finally:
+            stop_airflow(stack, target)
+            take_down(stack)
     for dag_id, runs in results.items():
         print(f"== {dag_id}: {len(runs)} runs")
         for i, r in enumerate(runs, 1):

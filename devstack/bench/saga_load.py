@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     (root / "projects").mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     leaks, results = -1, {}
-    with d.servers_left_as_found(stack), d.fresh_metadata(stack, prof):
+    with d.servers_left_as_found(stack), d.fresh_metadata(stack, prof.target):
         try:
             distributed_up(stack, prof)
             client = client_for(stack, prof.target)
