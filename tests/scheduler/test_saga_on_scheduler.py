@@ -14,9 +14,11 @@ import urllib.parse
 import urllib.request
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
+from devstack.airflow import component_pid
 from devstack.observability import ports_for, prometheus_binary, prometheus_running
 from include.dbt_platform.project_creation import definition as project_saga
 from include.dbt_platform.saga import journal as j
@@ -62,12 +64,34 @@ def wait_for_task_state(client, run_id: str, task_id: str, state: str, timeout: 
     )
 
 
+def _maps_dbt(pid: int) -> bool:
+    """dbt is loaded in process ``pid``: its parser's extension module (nothing else loads it) is mapped."""
+    return "dbt_extractor" in Path(f"/proc/{pid}/maps").read_text()
+
+
 def test_rest_trigger_completes_and_a_reused_run_id_is_refused(client):
     name = uniq("live_ok")
     run_id, saga_id = trigger(client, request(name))
     run = client.wait_for_run(DAG_ID, run_id, timeout=300)
     assert run["state"] == "success", client.task_states(DAG_ID, run_id)
     assert journal().get(saga_id).state == j.COMPLETED
+
+    # The steps ran on warm workers: the scheduler (LocalExecutor) loaded dbt once at start through
+    # plugins/airflow_local_settings.py, its executor workers were forked from it; the API server did
+    # not load it; and the step that runs dbt (forked from a worker) did not warm it up again.
+    scheduler = component_pid(STACK, LIVE_TARGET, "scheduler")
+    workers = [
+        pid
+        for pid in map(int, Path(f"/proc/{scheduler}/task/{scheduler}/children").read_text().split())
+        if "LocalExecutor" in Path(f"/proc/{pid}/cmdline").read_text()  # Airflow's title for them
+    ]
+    assert _maps_dbt(scheduler) and workers and all(_maps_dbt(w) for w in workers), workers
+    assert not _maps_dbt(component_pid(STACK, LIVE_TARGET, "api-server"))
+    _, log = client.request(
+        "GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/register_transformations/logs/1"
+    )
+    assert "register_transformations" in json.dumps(log), log
+    assert "dbt preloaded" not in json.dumps(log)
 
     status, _ = client.trigger(DAG_ID, run_id, request(uniq("live_again")))
     assert status == 409
