@@ -8,7 +8,7 @@ after the other in the same run:
 1. ``--sagas`` (50) ``dbt_project_create`` runs triggered at once (one POST each, as fast as the API
    takes them), each a 2-environment project;
 2. as many runs of ``bare_load``, a chain of as many no-op Python tasks as a saga runs on its happy
-   path (11), with the saga DAG's ``max_active_runs`` — the yardstick: what Airflow itself costs.
+   path (12), with the saga DAG's ``max_active_runs`` — the yardstick: what Airflow itself costs.
 
 For each batch it prints: all terminal (yes/no), final states, wall time (first POST to last run end),
 runs per minute, and per task the p50/p95 of its wait (from when its upstream ended, or the run
@@ -39,7 +39,7 @@ from include.dbt_platform.config import get_settings  # noqa: E402
 
 SAGA = d.SAGA_DAG
 BARE = "bare_load"
-HAPPY_PATH_TASKS = 11  # wait_for_turn, validate_request, seven more steps, complete_saga, report_outcome
+HAPPY_PATH_TASKS = 12  # wait_for_turn, the nine steps, complete_saga, report_outcome
 BARE_DAG = '''"""
 # `bare_load` — `make bench-saga`'s yardstick: {n} no-op tasks in a chain (devstack/bench/saga_load.py)
 """

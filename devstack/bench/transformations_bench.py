@@ -351,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="AIRFLOW__SECTION__KEY=VALUE",
-        help="an Airflow setting for the bench Airflow (repeatable), to measure a setting's effect",
+        help="an Airflow setting (or a DBT_PLATFORM_ one, e.g. DBT_PLATFORM_WARM_DBT=off) for the bench "
+        "Airflow (repeatable), to measure a setting's effect",
     )
     parser.add_argument(
         "--hang-after",
@@ -363,8 +364,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-running", action="store_true", help="leave the bench Airflow running")
     args = parser.parse_args(argv)
     overrides = dict(item.split("=", 1) for item in args.airflow_env if "=" in item)
-    if bad := [item for item in args.airflow_env if "=" not in item or not item.startswith("AIRFLOW__")]:
-        parser.error(f"--airflow-env: expected AIRFLOW__SECTION__KEY=VALUE, got {bad}")
+    prefixes = ("AIRFLOW__", "DBT_PLATFORM_")
+    if bad := [item for item in args.airflow_env if "=" not in item or not item.startswith(prefixes)]:
+        parser.error(
+            f"--airflow-env: expected AIRFLOW__SECTION__KEY=VALUE or DBT_PLATFORM_NAME=VALUE, got {bad}"
+        )
 
     stack = get_stack_settings()
     settings = get_settings()
