@@ -16,6 +16,7 @@ import tempfile
 import pytest
 
 from include.dbt_platform.config import REPO_ROOT
+from include.dbt_platform.runtime import warm_dbt
 
 CHECK = """
 import os, sys, tempfile, threading
@@ -85,25 +86,36 @@ def test_a_local_executor_scheduler_preloads_dbt_and_its_forked_tasks_run_dbt():
     assert seen["forked_task"] == "parsed"
 
 
+def test_a_celery_worker_preloads_dbt():
+    out = run_component(["airflow", "celery", "worker"], {"AIRFLOW__CORE__EXECUTOR": "CeleryExecutor"})
+    assert "warm" in lines(out), out.stdout + out.stderr[-2000:]
+
+
 @pytest.mark.parametrize(
-    "argv, env, expected",
+    "argv, executor, env, expected",
     [
-        (["airflow", "celery", "worker"], {"AIRFLOW__CORE__EXECUTOR": "CeleryExecutor"}, "warm"),
+        (["/venv/bin/airflow", "celery", "worker"], "CeleryExecutor", {}, "warm"),
+        (["airflow", "scheduler", "--skip-serve-logs"], "LocalExecutor", {}, "warm"),
+        (["/x/airflow/__main__.py", "scheduler"], "LocalExecutor", {}, "warm"),  # python -m airflow
         # With Celery the scheduler runs no task: it stays as it is.
-        (["airflow", "scheduler"], {"AIRFLOW__CORE__EXECUTOR": "CeleryExecutor"}, "cold"),
-        (["airflow", "api-server"], {"AIRFLOW__CORE__EXECUTOR": "LocalExecutor"}, "cold"),
-        (["airflow", "dag-processor"], {"AIRFLOW__CORE__EXECUTOR": "LocalExecutor"}, "cold"),
-        (["airflow", "triggerer"], {"AIRFLOW__CORE__EXECUTOR": "LocalExecutor"}, "cold"),
-        (
-            ["airflow", "scheduler"],
-            {"AIRFLOW__CORE__EXECUTOR": "LocalExecutor", "DBT_PLATFORM_WARM_DBT": "off"},
-            "cold",
-        ),
+        (["airflow", "scheduler"], "CeleryExecutor", {}, "not a process that forks tasks"),
+        (["airflow", "api-server"], "LocalExecutor", {}, "not a process that forks tasks"),
+        (["airflow", "dag-processor"], "LocalExecutor", {}, "not a process that forks tasks"),
+        (["airflow", "triggerer"], "LocalExecutor", {}, "not a process that forks tasks"),
+        (["airflow", "celery", "flower"], "CeleryExecutor", {}, "not a process that forks tasks"),
+        (["pytest"], "LocalExecutor", {}, "not a process that forks tasks"),
+        (["airflow", "scheduler"], "LocalExecutor", {"DBT_PLATFORM_WARM_DBT": "off"}, "switched off"),
     ],
 )
-def test_only_the_processes_that_fork_tasks_preload_dbt(argv, env, expected):
-    out = run_component(argv, env)
-    assert expected in lines(out), out.stdout + out.stderr[-2000:]
+def test_only_the_processes_that_fork_tasks_preload_dbt(argv, executor, env, expected, monkeypatch):
+    """Which processes warm up (the warm-up itself is the cases above and below, in their own
+    interpreters): decided from the command line and the executor, as Airflow's components start."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    if expected == "warm":
+        assert warm_dbt.forks_task_processes(argv, executor)
+    else:
+        assert warm_dbt.install(argv, executor) == expected
 
 
 def test_a_failing_warm_up_is_one_warning_and_the_scheduler_starts_and_runs_dbt_cold():
