@@ -95,5 +95,9 @@ def install(argv: list[str] | None = None, executor: str | None = None) -> str:
     except Exception as err:  # never keep the component from starting
         log.warning("dbt platform: dbt not preloaded, tasks start it cold: %r", err)
         return f"failed: {err!r}"
-    log.info("dbt platform: dbt preloaded for the task processes forked from here (%.1f s)", seconds)
+    message = f"dbt platform: dbt preloaded for the task processes forked from here ({seconds:.1f} s)"
+    if logging.getLogger().handlers:
+        log.info(message)
+    else:  # Airflow configures its logging after importing its local settings: say it on stderr
+        print(message, file=sys.stderr, flush=True)
     return "warm"
