@@ -60,6 +60,7 @@ import select
 import sys
 from typing import Any
 
+from include.dbt_platform.runtime import airflow_command
 from include.dbt_platform.runtime.dag_cut import _CachingDagBag, _VersionCache
 
 log = logging.getLogger("include.dbt_platform.runtime.triggerer")  # also when run as __main__
@@ -211,10 +212,7 @@ TRIGGERER_MODULE = "airflow.jobs.triggerer_job_runner"
 
 def is_triggerer_process(argv: list[str] | None = None) -> bool:
     """This process is ``airflow triggerer`` (``airflow`` console script or ``python -m airflow``)."""
-    args = sys.argv if argv is None else argv
-    return len(args) >= 2 and args[1] == "triggerer" and os.path.basename(args[0]) in {
-        "airflow", "__main__.py", "-m"
-    }  # fmt: skip
+    return airflow_command(argv)[:1] == ["triggerer"]
 
 
 class _PatchAfterImport(importlib.abc.MetaPathFinder):

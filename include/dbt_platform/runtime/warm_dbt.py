@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from include.dbt_platform.runtime import airflow_command
+
 log = logging.getLogger(__name__)
 SWITCH = "DBT_PLATFORM_WARM_DBT"
 WARMUP_PROJECT = "platform_warmup"
@@ -39,12 +41,10 @@ WARMUP_PROJECT = "platform_warmup"
 def forks_task_processes(argv: list[str] | None = None, executor: str | None = None) -> bool:
     """This process is ``airflow celery worker``, or ``airflow scheduler`` with a LocalExecutor
     (the ``airflow`` console script or ``python -m airflow``)."""
-    args = sys.argv if argv is None else argv
-    if len(args) < 2 or os.path.basename(args[0]) not in {"airflow", "__main__.py", "-m"}:
-        return False
-    if args[1:3] == ["celery", "worker"]:
+    command = airflow_command(argv)
+    if command[:2] == ["celery", "worker"]:
         return True
-    if args[1] != "scheduler":
+    if command[:1] != ["scheduler"]:
         return False
     if executor is None:
         from airflow.configuration import conf
