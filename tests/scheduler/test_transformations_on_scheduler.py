@@ -282,14 +282,19 @@ def test_components_off_the_critical_path_yield_the_cpu_to_the_tasks(live_airflo
         assert len(groups) == len(pids)
 
 
+def _parent(pid: int | str) -> int:
+    """The parent of ``pid``, from ``/proc/<pid>/stat`` (after the command name, which may hold spaces)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
 def _descendants(roots: list[int]) -> set[int]:
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parent = _parent(stat.parent.name)
         except OSError:
             continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        children.setdefault(parent, []).append(int(stat.parent.name))
     found, todo = set(), list(roots)
     while todo:
         pid = todo.pop()
@@ -306,7 +311,7 @@ def _in_git(pid: int) -> bool:
     while pid > 1:
         try:
             program = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            pid = _parent(pid)
         except (OSError, IndexError, ValueError):
             return False
         if Path(program).name in {"git", "git-remote-http", "git-remote-https"}:
