@@ -95,6 +95,28 @@ class AirflowClient:
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
         return {ti["task_id"]: ti["state"] for ti in self.task_instances(dag_id, run_id)}
 
+    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> str:
+        """A try's log through the REST API: its lines, each with its fields (an exception's too)."""
+        _, body = self.request(
+            "GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}"
+        )
+        return "\n".join(str(line) for line in body.get("content") or [])
+
+    def explain(self, dag_id: str, run_id: str, lines: int = 25) -> str:
+        """What a test prints when a run did not end as it should: every task's state and try, and
+        the end of each failed or retried try's log."""
+        tis = self.task_instances(dag_id, run_id)
+        report = [
+            f"{dag_id}/{run_id}: " + ", ".join(f"{t['task_id']}={t['state']}#{t['try_number']}" for t in tis)
+        ]
+        for ti in tis:
+            if ti["state"] in ("success", "skipped", None) and ti["try_number"] <= 1:
+                continue
+            for attempt in range(1, ti["try_number"] + 1):
+                tail = self.task_log(dag_id, run_id, ti["task_id"], attempt).splitlines()[-lines:]
+                report += [f"--- {ti['task_id']} try {attempt} ({ti['state']}):", *tail]
+        return "\n".join(report)
+
 
 def client_for(stack: StackSettings, target: AirflowTarget, user: str = "admin") -> AirflowClient:
     """A client logged in as one of the stack's users (``devstack.settings.AIRFLOW_USERS``)."""

@@ -73,7 +73,7 @@ def test_rest_trigger_completes_and_a_reused_run_id_is_refused(client):
     name = uniq("live_ok")
     run_id, saga_id = trigger(client, request(name))
     run = client.wait_for_run(DAG_ID, run_id, timeout=300)
-    assert run["state"] == "success", client.task_states(DAG_ID, run_id)
+    assert run["state"] == "success", client.explain(DAG_ID, run_id)
     assert journal().get(saga_id).state == j.COMPLETED
 
     # The steps ran on warm workers: the scheduler (LocalExecutor) loaded dbt once at start through
@@ -219,7 +219,7 @@ def test_killed_once_then_retried_completes_without_duplicates(client):
     run_id, saga_id = trigger(client, request(name, fault_injection=fault))
     run = client.wait_for_run(DAG_ID, run_id, timeout=300)
 
-    assert run["state"] == "success", client.task_states(DAG_ID, run_id)
+    assert run["state"] == "success", client.explain(DAG_ID, run_id)
     assert journal().step(saga_id, "create_credentials").attempts == 2
     after = inventory()
     # The killed attempt had created roles and stored connections; the retry reused them.
@@ -353,7 +353,7 @@ def test_a_rest_caller_reads_why_a_run_failed(client):
     )
     # The key was not burned: the same request, now valid, creates the project.
     run2, saga2 = trigger(client, request(name, environments=["dev"], idempotency_key=name))
-    assert client.wait_for_run(DAG_ID, run2, timeout=300)["state"] == "success"
+    assert client.wait_for_run(DAG_ID, run2, timeout=300)["state"] == "success", client.explain(DAG_ID, run2)
     assert saga2 != saga_id
 
 
@@ -393,7 +393,9 @@ def test_a_registry_entry_named_like_the_saga_dag_never_takes_its_id(client):
         _, dag = client.request("GET", f"/dags/{DAG_ID}")
         assert dag["bundle_name"] == "dags-folder", "the saga DAG is still the platform's"
         run_id, saga_id = trigger(client, request(uniq("live_keep"), environments=["dev"]))
-        assert client.wait_for_run(DAG_ID, run_id, timeout=300)["state"] == "success"
+        assert client.wait_for_run(DAG_ID, run_id, timeout=300)["state"] == "success", client.explain(
+            DAG_ID, run_id
+        )
         tasks = set(client.task_states(DAG_ID, run_id))
         assert {"validate_request", "notify_owner", "report_outcome"} <= tasks
         assert not any("heartbeat" in t or "producer" in t for t in tasks)
@@ -418,7 +420,9 @@ def test_who_may_do_what_viewer_reads_requester_runs_the_lifecycle_admin_sets_up
 
     wait_until_readable(requester, DAG_ID)
     run_id, saga_id = trigger(requester, request(uniq("live_req"), environments=["dev"]))
-    assert requester.wait_for_run(DAG_ID, run_id, timeout=300)["state"] == "success"
+    assert requester.wait_for_run(DAG_ID, run_id, timeout=300)["state"] == "success", client.explain(
+        DAG_ID, run_id
+    )
     assert journal().get(saga_id).requester == "requester", "the journal names who asked"
 
     status, body = requester.trigger(
@@ -470,8 +474,10 @@ def test_an_owner_sees_their_project_and_no_one_elses_and_decommissioning_pauses
         mine: trigger(requester, request(mine, owner=REQUESTER_EMAIL, environments=["dev"])),
         theirs: trigger(client, request(theirs, owner="someone.else@example.com", environments=["dev"])),
     }
-    for name, (run_id, _) in runs.items():
-        assert client.wait_for_run(DAG_ID, run_id, timeout=300)["state"] == "success", name
+    for run_id, _ in runs.values():
+        assert client.wait_for_run(DAG_ID, run_id, timeout=300)["state"] == "success", client.explain(
+            DAG_ID, run_id
+        )
     registered = journal().step(runs[mine][1], "register_transformations").result
     assert registered["access_roles"] == [f"owner:{REQUESTER_EMAIL}"], registered
     assert journal().step(runs[theirs][1], "register_transformations").result["access_roles"] == []
@@ -501,7 +507,7 @@ def test_an_owner_sees_their_project_and_no_one_elses_and_decommissioning_pauses
     )  # fmt: skip
     assert status == 200, body
     run = client.wait_for_run("dbt_project_decommission", body["dag_run_id"], timeout=300)
-    assert run["state"] == "success", client.task_states("dbt_project_decommission", body["dag_run_id"])
+    assert run["state"] == "success", client.explain("dbt_project_decommission", body["dag_run_id"])
     saga_id = j.saga_id_for("dbt_project_decommission", body["dag_run_id"])
     assert journal().step(saga_id, "pause_transformations").result == {"paused": True, "was_paused": False}
     assert client.request("GET", f"/dags/{mine}")[1]["is_paused"] is True

@@ -227,12 +227,6 @@ def stale_project(live_airflow, warehouse_module) -> str:
     return STALE
 
 
-def task_log(client, dag_id: str, run: str, task_id: str, try_number: int) -> str:
-    """A try's log through the REST API: its lines, each with its fields (an exception's too)."""
-    _, body = client.request("GET", f"/dags/{dag_id}/dagRuns/{run}/taskInstances/{task_id}/logs/{try_number}")
-    return "\n".join(str(line) for line in body.get("content") or [])
-
-
 def test_the_build_checks_source_freshness_first_and_leaves_out_what_reads_a_stale_source(
     client, stale_project, warehouse
 ):
@@ -247,18 +241,18 @@ def test_the_build_checks_source_freshness_first_and_leaves_out_what_reads_a_sta
     # Past error_after: the source's task fails in the triggerer, its retry on a worker checks again
     # and fails without a third try (stale data stays stale); the model reading it was not built.
     assert states["loads_events_source"] == ("failed", 2), states
-    assert "retrying cannot help" in task_log(client, stale_project, run, "loads_events_source", 2)
+    assert "retrying cannot help" in client.task_log(stale_project, run, "loads_events_source", 2)
     # The model reading it is left out of the build; its task fails (so does the run), and its
     # retries wait for the source's task and say why they do not run it.
     assert states["stg_events_model_build"][0] == "failed", states
-    retried = task_log(
-        client, stale_project, run, "stg_events_model_build", states["stg_events_model_build"][1]
+    retried = client.task_log(
+        stale_project, run, "stg_events_model_build", states["stg_events_model_build"][1]
     )
     assert "upstream task(s) ['loads_events_source'] failed" in retried
     assert query(warehouse, f"select to_regclass('{stale_project}.stg_events')") == [(None,)]
     # Past warn_after only: a warning, and its model is built; models reading no source are built.
     assert states["loads_users_source"] == ("success", 1), states
-    assert "older than its warn_after" in task_log(client, stale_project, run, "loads_users_source", 1)
+    assert "older than its warn_after" in client.task_log(stale_project, run, "loads_users_source", 1)
     assert states["stg_users_model_build"] == states["calendar_model_build"] == ("success", 1), states
 
 
