@@ -26,6 +26,7 @@ from devstack.client import client_for
 from include.dbt_platform.project_creation import definition as project_saga
 from include.dbt_platform.saga import journal as j
 from include.dbt_platform.saga.recovery import recover_sagas
+from tests.browser import chromium
 from tests.harness import STACK, TARGET, TEST_ROOT, wait_for
 from tests.saga_support import admin, journal, request, undo_saga, uniq
 from tests.scheduler.live import LIVE_TARGET
@@ -33,17 +34,6 @@ from tests.scheduler.live import LIVE_TARGET
 DAG_ID = "dbt_project_create"
 BASE = LIVE_TARGET.api_url
 SCREENSHOTS = TEST_ROOT / "screenshots"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 # A compensation that fails for good in the run (not in a later re-drive): docs/operations.md, "Fault drills".
 FAILING_COMPENSATION = {
     "step": "notify_owner",
@@ -291,17 +281,8 @@ def test_the_list_answers_in_under_a_second_with_10000_sagas(client, ten_thousan
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="Playwright is not installed (requirements-dev.txt has it)"
-    )
-    if not CHROMIUM.exists():
-        pytest.skip(f"no browser to drive: {CHROMIUM} is missing (.ci/run installs Debian's chromium)")
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ or Airflow must fail here, in CI, naming what to re-check, not in production.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import threading
 
@@ -139,3 +140,18 @@ def test_behavior_flags_still_name_their_source_the_way_our_cheap_version_does()
         assert _flag_source_seen_from_here() == __name__  # the same answer, cheaply
     finally:
         BehaviorFlagRendered._default_source = current
+
+
+def test_dbts_docs_site_and_empty_catalog_are_where_the_docs_page_takes_them():
+    """manifests.docs_page: dbt's docs site (``dbt/task/docs/index.html``) with one placeholder for
+    the manifest and one for the catalog, which ``CatalogArtifact.from_results`` builds."""
+    from pathlib import Path
+
+    from dbt.artifacts.schemas.catalog import CatalogArtifact
+
+    spec = importlib.util.find_spec("dbt.task.docs")
+    site = Path(next(iter(spec.submodule_search_locations)), "index.html").read_text()
+    for placeholder in ('"MANIFEST.JSON INLINE DATA"', '"CATALOG.JSON INLINE DATA"'):
+        assert site.count(placeholder) == 1, placeholder
+    params = list(inspect.signature(CatalogArtifact.from_results).parameters)
+    assert params == ["generated_at", "nodes", "sources", "compile_results", "errors"], params

@@ -6,9 +6,9 @@ every DAG.
     GET  /dbt-docs/{project}/         the project's dbt docs (dbt's own single-page site)
     GET  /dbt-docs/api/projects       the same list as JSON
 
-The docs are what the manifest build generates (``target/static_index.html``,
-:mod:`include.dbt_platform.transformations.manifests`), for the bundled projects and the ones a saga
-created alike: the list is read at every request from the projects folder and from the
+The docs are dbt's own site with the project's manifest inlined, put together at each
+request from what the manifest build leaves (:func:`~include.dbt_platform.transformations.manifests.docs_page`),
+for the bundled projects and the ones a saga created alike: the list is read at every request from the projects folder and from the
 registered-projects bundle on the git server (the api-server has no bundle checkout of its own: this
 app keeps one, fetched again only when the bundle's head moves), so a new project appears without
 restarting the api-server.
@@ -33,7 +33,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.requests import Request
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
@@ -80,14 +80,8 @@ def _projects() -> list:
     return sorted([*bundled, *registered], key=lambda p: p.name)
 
 
-def _docs_file(project) -> Path:
-    from include.dbt_platform.transformations.manifests import docs_path
-
-    return docs_path(project)
-
-
 def _entry(project, base: str) -> dict:
-    docs = _docs_file(project)
+    docs = project.manifest_path
     built = datetime.fromtimestamp(docs.stat().st_mtime, UTC).isoformat() if docs.exists() else None
     return {
         "project": project.name,
@@ -145,14 +139,14 @@ def create_app() -> FastAPI:
         project = next((p for p in _projects() if p.name == name), None)
         if project is None:  # also every DAG that is not a dbt project (the tab is on every DAG)
             return notice(request, user, f"{name} is not a dbt project of this platform.", 404)
-        docs = _docs_file(project)
-        if not docs.exists():
+        from include.dbt_platform.transformations.manifests import docs_page
+
+        page = docs_page(project)
+        if page is None:
             message = f"The dbt docs of {name} are not built yet: they are built with its manifest."
             return notice(request, user, message, 404)
-        return FileResponse(
-            docs,
-            media_type="text/html",
-            headers={"Cache-Control": "no-store", "Content-Security-Policy": "frame-ancestors 'self'"},
+        return HTMLResponse(
+            page, headers={"Cache-Control": "no-store", "Content-Security-Policy": "frame-ancestors 'self'"}
         )
 
     return app

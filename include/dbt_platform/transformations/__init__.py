@@ -3,7 +3,7 @@
     projects.py       discovery: what a project is, ``platform.yml`` (read and written only here)
     dbt.py            the one way the platform runs dbt itself (manifests, warehouse_setup)
     manifests.py      ``dbt deps`` (declared packages) + ``dbt parse`` -> ``target/manifest.json``,
-                      and the project's dbt docs (``target/static_index.html``) (``make manifests``)
+                      (``make manifests``); the project's dbt docs page, built from the manifest
     failures.py       why a dbt run failed and whether a retry can help (no retry when not)
     cosmos_config.py  every Cosmos configuration object, built in one place
     factory.py        the DAG factory (``dags/transformations.py``, the bundle's ``registered_projects.py``)

@@ -138,7 +138,7 @@ def listing(host: git.GitHost) -> dict[str, list[str]]:
 def _install(dest: Path, source: Path, registration: dict, commit: str) -> None:
     """``source``'s files into ``dest`` with the platform's settings, its manifest built; raises
     DbtProjectError (``dest`` then holds a broken copy: the caller discards the working tree)."""
-    from include.dbt_platform.transformations.manifests import DOCS_FILE, build_manifest
+    from include.dbt_platform.transformations.manifests import build_manifest
 
     git.copy_tree(source, dest)
     # The owner's platform.yml may choose its schedule, test behaviour, description...; never its
@@ -150,7 +150,7 @@ def _install(dest: Path, source: Path, registration: dict, commit: str) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
     target = dest / "target"
     for built in target.iterdir() if target.is_dir() else ():
-        if built.name not in ("manifest.json", DOCS_FILE):  # the DAG's manifest, its dbt docs
+        if built.name != "manifest.json":  # what the DAG renders and the docs page shows
             shutil.rmtree(built) if built.is_dir() else built.unlink()
     _write_meta(dest, "registration", registration)
     _write_meta(dest, "deployed", {"commit": commit, "at": time.time()})

@@ -10,11 +10,13 @@ task's temporary copy of the project; tasks never run ``dbt deps``). Local (``lo
 (``git:``) packages install offline; the dbt package hub (``package:``) cannot be reached from the
 platform, so such a project is refused before dbt tries, naming the package.
 
-The project's dbt docs are generated with it (``dbt docs generate --static``: one self-contained
-``target/static_index.html``, served per project in Airflow's UI by ``plugins/dbt_docs.py``). They
-are built from the manifest alone, without the warehouse (``--no-compile --empty-catalog``): models,
-sources, tests, descriptions, columns as documented and the lineage graph; no column types or row
-counts read from the database. A docs build that fails is reported and leaves the manifest in place.
+The project's dbt docs come from the manifest alone, without the warehouse: models, sources, tests,
+descriptions, columns as documented and the lineage graph; no column types or row counts read from
+the database. :func:`docs_page` puts dbt's docs site together when it is asked for
+(``plugins/dbt_docs.py``): dbt's ``index.html`` with the manifest and an empty catalog inlined, as
+``dbt docs generate --static --empty-catalog`` would write it, never stored. A stored page was
+2.3 MB per project (dbt's site is 1.8 MB of it) in the registered-projects bundle, which every
+registration, sync and worker fetches, and cost a second dbt invocation per build.
 
     python -m include.dbt_platform.transformations.manifests            # every project
     python -m include.dbt_platform.transformations.manifests PATH ...   # the named project folders
@@ -22,8 +24,10 @@ counts read from the database. A docs build that fails is reported and leaves th
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
@@ -38,7 +42,6 @@ from include.dbt_platform.transformations.projects import (
 )
 
 log = logging.getLogger(__name__)
-DOCS_FILE = "static_index.html"
 # Where dbt reads a project's package list from (dbt refuses a project that has both).
 PACKAGE_FILES = ("packages.yml", "dependencies.yml")
 
@@ -62,23 +65,40 @@ def build_manifest(project_dir: Path) -> Path:
         )
         if not outcome.success:
             raise DbtProjectError(f"dbt parse failed for '{project.name}' ({project.path}):\n{outcome.error}")
-        build_docs(project, profile)
     return project.manifest_path
 
 
-def docs_path(project: DbtProject) -> Path:
-    """The project's dbt docs: one HTML file with its manifest and catalog inside."""
-    return project.manifest_path.parent / DOCS_FILE
+def _empty_catalog() -> str:
+    """dbt's catalog artifact with nothing in it (``dbt docs generate --empty-catalog``'s)."""
+    import json
+
+    from dbt.artifacts.schemas.catalog import CatalogArtifact
+
+    catalog = CatalogArtifact.from_results(
+        generated_at=datetime.now(UTC).replace(tzinfo=None), nodes={}, sources={}, compile_results=None,
+        errors=None,
+    )  # fmt: skip
+    return json.dumps(catalog.to_dict(omit_none=False, context={"artifact": True}))
 
 
-def build_docs(project: DbtProject, profile: dbt.Profile) -> Path | None:
-    """``dbt docs generate`` from the manifest just parsed, without the warehouse; None if it failed."""
-    args = ["docs", "generate", "--no-compile", "--empty-catalog", "--static", "--quiet"]
-    outcome = dbt.run(project, [*args, "--log-level-file", "none"], profile)
-    if not outcome.success or not docs_path(project).exists():
-        log.warning("dbt docs generate failed for '%s' (%s): %s", project.name, project.path, outcome.error)
+def _inline(data: str) -> str:
+    # JSON inside a <script>: "</" written "<\\/" (the same string to JSON), so nothing an owner writes
+    # in a description (a "</script>") can end the script and run in the reader's browser. dbt's own
+    # ``--static`` page inlines it as it is.
+    return data.replace("</", "<\\/")
+
+
+def docs_page(project: DbtProject) -> str | None:
+    """dbt's docs site for the project with its manifest and an empty catalog inlined (what ``dbt
+    docs generate --static --empty-catalog`` writes, less the script injection); None without a
+    manifest."""
+    if not project.manifest_path.exists():
         return None
-    return docs_path(project)
+    spec = importlib.util.find_spec("dbt.task.docs")  # the folder only: dbt.task is not imported
+    site = Path(next(iter(spec.submodule_search_locations)), "index.html").read_text()
+    return site.replace('"MANIFEST.JSON INLINE DATA"', _inline(project.manifest_path.read_text()), 1).replace(
+        '"CATALOG.JSON INLINE DATA"', _inline(_empty_catalog()), 1
+    )
 
 
 def declared_packages(project: DbtProject) -> list[dict]:
