@@ -84,6 +84,26 @@ def test_a_push_dbt_cannot_parse_keeps_the_last_good_version_and_says_why(projec
     assert "Warning" not in registered_dagbag(tmp_path / "fixed").dags[name].doc_md
 
 
+def test_a_docs_page_an_earlier_version_stored_in_the_bundle_goes_at_the_next_start(project):
+    """Earlier versions stored each project's 2.3 MB docs page in the bundle; ``bundle.ensure`` (run
+    at every start of the stack) removes them, and leaves the project's manifest."""
+    from include.dbt_platform.adapters import git
+
+    host = git_admin()
+    page = f"{bundle.PROJECTS}/{project}/target/static_index.html"
+
+    def plant(tree):
+        (tree / page).write_text("<html>stored by an earlier version</html>")
+        return "An earlier version's docs page"
+
+    assert git.update(bundle.url(host), host, plant)
+    bundle.ensure(host)
+    with git.fetched(bundle.url(host), host) as (tree, _):
+        assert not (tree / page).exists()
+        assert (tree / bundle.PROJECTS / project / "target" / "manifest.json").exists()
+    assert bundle.registered(host)[project].deployed, "the project is still registered"
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _clean_up_created_projects():
     yield

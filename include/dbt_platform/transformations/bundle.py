@@ -71,8 +71,14 @@ def ensure(host: git.GitHost) -> str:
     return url(host)
 
 
+# What earlier platform versions stored beside a project's manifest and no longer do: the dbt docs
+# page (2.3 MB each, now put together on request). Removed by the first change after an upgrade.
+STALE = ("target/static_index.html",)
+
+
 def _with_dag_files(change):
-    """``change``, plus this platform version's DAG files wherever they differ (or are missing)."""
+    """``change``, plus this platform version's DAG files wherever they differ (or are missing), less
+    what earlier versions left (:data:`STALE`)."""
 
     def wrapped(tree: Path) -> str | None:
         message = change(tree)
@@ -82,6 +88,9 @@ def _with_dag_files(change):
             if not target.exists() or target.read_text() != source.read_text():
                 target.write_text(source.read_text())
                 refreshed = True
+        for stale in (path for pattern in STALE for path in tree.glob(f"{PROJECTS}/*/{pattern}")):
+            stale.unlink()
+            refreshed = True
         return message or ("The registered-projects bundle's DAG files" if refreshed else None)
 
     return wrapped
