@@ -27,6 +27,8 @@ assert airflow_local_settings.__file__.endswith('plugins/airflow_local_settings.
 print('threads', threading.active_count())
 print('leftovers', [n for n in os.listdir(tempfile.gettempdir()) if n.startswith('dbt-platform-warmup-')])
 print('warm' if 'dbt.cli.main' in sys.modules and 'dbt.adapters.postgres' in sys.modules else 'cold')
+from include.dbt_platform.runtime.warm_dbt import PRELOADED
+print('preloaded', [m for m in PRELOADED if m in sys.modules])
 """
 
 # A task forked from the warmed process: dbt parses a project there (what register_transformations does).
@@ -80,6 +82,7 @@ def test_a_local_executor_scheduler_preloads_dbt_and_its_forked_tasks_run_dbt():
     seen = lines(out)
     assert "warm" in seen, out.stdout + out.stderr[-2000:]
     assert "dbt preloaded for the task processes forked from here" in out.stderr
+    assert seen["preloaded"] == repr(list(warm_dbt.PRELOADED)), "what every task imports is loaded too"
     # Forking is safe: the warm-up leaves no thread running, and nothing of its project behind.
     assert seen["threads"] == "1"
     assert seen["leftovers"] == "[]"
