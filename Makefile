@@ -59,4 +59,4 @@ test-unit: venv ## the fast tier: no database server, no Airflow metadata databa
 
 test: manifests lint ## every tier against a real PostgreSQL, dbt and Airflow (what CI runs)
 	$(PY) -m devstack pg-up
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m devstack.test_tiers $(PYTEST_ARGS)
