@@ -32,7 +32,7 @@ from devstack.openbao import bao_down, bao_running
 from devstack.postgres import pg_is_running, pg_stop, pg_up
 from devstack.redis import redis_is_running, redis_stop
 from devstack.settings import StackError, admin_dsn, get_stack_settings
-from devstack.test_tiers import scheduler_tier_env
+from devstack.test_tiers import other_stacks
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,9 +67,9 @@ def main(argv: list[str] | None = None) -> int:
             bao_down(stack)
             redis_stop(stack)
             pg_stop(stack)
-            tier = scheduler_tier_env(stack)  # `make test`'s scheduler tier runs on a stack of its own
-            if Path(tier["DBT_PLATFORM_LOCAL_DIR"]).is_dir():
-                subprocess.call([sys.executable, "-m", "devstack", "down"], env={**os.environ, **tier})
+            for tier in other_stacks(stack):  # `make test`'s shards run on stacks of their own
+                if Path(tier["DBT_PLATFORM_LOCAL_DIR"]).is_dir():
+                    subprocess.call([sys.executable, "-m", "devstack", "down"], env={**os.environ, **tier})
             print("Stopped Airflow, Redis, the git server, OpenBao and PostgreSQL.")
         elif args.command == "status":
             print(f"PostgreSQL running: {pg_is_running(stack)}")

@@ -1,16 +1,18 @@
-"""``make test``: the in-process tiers and the live-scheduler tier at once, each on a stack of its own.
+"""``make test``: the suite in three pytest processes at once, each on a stack of its own.
 
 The suite's time is two kinds of work that barely compete: ``tests/unit``, ``tests/dags`` and
-``tests/integration`` run DAGs in this process with ``dag.test()`` (one core busy with dbt), while
-``tests/scheduler`` mostly waits on a live scheduler. They cannot share one stack: both tiers compare
-the whole PostgreSQL cluster, OpenBao mount and git server before and after a saga (the leak
-inventories), so each sees the other's resources as leaks. The scheduler tier therefore gets its own
-local folder, ports (its PostgreSQL on the stack's port + :data:`PORT_SHIFT`, every other service
-derived from it, see :mod:`devstack.settings`) and temporary folder (Cosmos' cache).
+``tests/integration`` run DAGs in their own process with ``dag.test()`` (one core busy with dbt),
+while ``tests/scheduler`` mostly waits on a live scheduler. The in-process tests are split in two
+(:data:`SHARDS`: the project-lifecycle and warehouse-setup modules, ~half of their time, beside the
+rest), so the three take about as long. They cannot share one stack: every saga test compares the
+whole PostgreSQL cluster, OpenBao mount and git server before and after (the leak inventories), and
+would take another shard's sagas for leaks. So each shard but the first gets its own local folder,
+ports (its PostgreSQL on the stack's port + its shift, every other service derived from it, see
+:mod:`devstack.settings`) and temporary folder (Cosmos' cache).
 
-Arguments are passed to both pytest runs. Given test paths (``make test PYTEST_ARGS="tests/unit -x"``)
+Arguments are passed to every pytest run. Given test paths (``make test PYTEST_ARGS="tests/unit -x"``)
 or ``DBT_PLATFORM_TEST_TIERS=serial``, one plain pytest run does what it is asked. The exit status is
-the first non-zero of the two (pytest's 5, no tests collected, is a failure too).
+the first non-zero one (pytest's 5, no tests collected, is a failure too).
 """
 
 from __future__ import annotations
@@ -20,27 +22,47 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from devstack.settings import StackSettings, get_stack_settings
 
-PORT_SHIFT = 1000  # clear of every port derived from the stack's (pg + 3 … + 60, api + 100 … + 311)
-IN_PROCESS = ["tests/unit", "tests/dags", "tests/integration"]
-SCHEDULER = ["tests/scheduler"]
+
+@dataclass(frozen=True)
+class Shard:
+    name: str
+    paths: tuple[str, ...]
+    port_shift: int  # 0: the stack itself; else clear of every port derived from it (pg + 69, api + 311)
+    ignore: tuple[str, ...] = ()
 
 
-def scheduler_tier_env(stack: StackSettings) -> dict[str, str]:
-    """The environment of the scheduler tier's own stack (also what ``devstack down`` stops)."""
-    local_dir = stack.local_dir / "scheduler-tier"
-    pg_port = stack.pg_port + PORT_SHIFT
+_HEAVY = ("tests/integration/test_project_lifecycle.py", "tests/integration/test_warehouse_setup.py")
+SHARDS = (
+    Shard("in-process", ("tests/unit", "tests/dags", "tests/integration"), 0, ignore=_HEAVY),
+    Shard("scheduler", ("tests/scheduler",), 1000),
+    Shard("lifecycle", _HEAVY, 2000),
+)
+
+
+def shard_env(stack: StackSettings, shard: Shard) -> dict[str, str]:
+    """The environment of a shard's own stack (also what ``devstack down`` stops)."""
+    if not shard.port_shift:
+        return {}
+    local_dir = stack.local_dir / f"{shard.name}-tier"
+    pg_port = stack.pg_port + shard.port_shift
     return {
         "DBT_PLATFORM_LOCAL_DIR": str(local_dir),
         "DBT_PLATFORM_PG_PORT": str(pg_port),
         "DBT_PLATFORM_OPENBAO_PORT": str(pg_port + 20),
         "DBT_PLATFORM_GIT_PORT": str(pg_port + 30),
-        "DBT_PLATFORM_AIRFLOW_PORT": str(stack.airflow_port + PORT_SHIFT),
+        "DBT_PLATFORM_AIRFLOW_PORT": str(stack.airflow_port + shard.port_shift),
         "TMPDIR": str(local_dir / "tmp"),
     }
+
+
+def other_stacks(stack: StackSettings) -> list[dict[str, str]]:
+    """The environments of the shards' own stacks."""
+    return [shard_env(stack, s) for s in SHARDS if s.port_shift]
 
 
 def _explicit_paths(args: list[str]) -> bool:
@@ -54,30 +76,42 @@ def main(argv: list[str] | None = None) -> int:
         return subprocess.call([*pytest, *args])
 
     stack = get_stack_settings()
-    tier = scheduler_tier_env(stack)
-    Path(tier["TMPDIR"]).mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **tier}
-    log_path = stack.local_dir / "test-logs" / "scheduler-tier.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    logs = stack.local_dir / "test-logs"
+    logs.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    print(f"tests/scheduler runs alongside, on its own stack; its output: {log_path}", flush=True)
-    with log_path.open("w") as log:
-        scheduler = subprocess.Popen(
-            [*pytest, *SCHEDULER, *args], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-        try:
-            in_process = subprocess.call([*pytest, *IN_PROCESS, *args])
-            in_process_wall = time.monotonic() - started
-            print(f"\n[in-process tiers: exit {in_process} after {in_process_wall:.0f}s]", flush=True)
-            scheduler_status = scheduler.wait()
-        except BaseException:
-            scheduler.send_signal(signal.SIGINT)  # pytest runs its teardown: the live stack stops
-            scheduler.wait(timeout=300)
-            raise
-    print(f"\n===== tests/scheduler (exit {scheduler_status} after {time.monotonic() - started:.0f}s) =====")
-    sys.stdout.write(Path(log_path).read_text())
-    sys.stdout.flush()
-    return in_process or scheduler_status
+    first, *others = SHARDS
+    running: list[tuple[Shard, subprocess.Popen, Path]] = []
+    try:
+        for shard in others:
+            env = shard_env(stack, shard)
+            Path(env["TMPDIR"]).mkdir(parents=True, exist_ok=True)
+            log_path = logs / f"{shard.name}-tier.log"
+            print(f"{' '.join(shard.paths)} runs alongside, on its own stack; its output: {log_path}")
+            with log_path.open("w") as log:
+                command = [*pytest, *shard.paths, *(f"--ignore={p}" for p in shard.ignore), *args]
+                process = subprocess.Popen(
+                    command, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT
+                )
+            running.append((shard, process, log_path))
+        sys.stdout.flush()
+        status = subprocess.call([*pytest, *first.paths, *(f"--ignore={p}" for p in first.ignore), *args])
+        print(f"\n[{first.name}: exit {status} after {time.monotonic() - started:.0f}s]", flush=True)
+        for shard, process, log_path in running:
+            code = process.wait()
+            print(
+                f"\n===== {' '.join(shard.paths)} (exit {code} after {time.monotonic() - started:.0f}s) ====="
+            )
+            sys.stdout.write(log_path.read_text())
+            sys.stdout.flush()
+            status = status or code
+    except BaseException:
+        for _, process, _ in running:
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)  # pytest runs its teardown: a live stack stops
+        for _, process, _ in running:
+            process.wait(timeout=300)
+        raise
+    return status
 
 
 if __name__ == "__main__":
