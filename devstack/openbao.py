@@ -81,7 +81,7 @@ def root_client(stack: StackSettings):
     import hvac
 
     data = json.loads(init_file(stack).read_text())
-    return hvac.Client(url=stack.openbao_url, token=data["root_token"], timeout=10)
+    return hvac.Client(url=stack.openbao_url, token=data["root_token"], timeout=60)
 
 
 def bao_up(stack: StackSettings):
@@ -97,7 +97,10 @@ def bao_up(stack: StackSettings):
         if init_file(stack).exists():
             raise StackError(f"OpenBao at {stack.openbao_dir} is empty but {init_file(stack)} exists: "
                              "remove the stale file (its secrets are gone with the old data)")  # fmt: skip
-        result = client.sys.initialize(secret_shares=1, secret_threshold=1)
+        # Once only, and slow on a busy machine (raft bootstrap, keyring): a request that times out
+        # here may still initialise the store, and its unseal key would be lost with the response.
+        patient = hvac.Client(url=stack.openbao_url, timeout=300)
+        result = patient.sys.initialize(secret_shares=1, secret_threshold=1)
         _private(init_file(stack), json.dumps({"unseal_key": result["keys_base64"][0],
                                                 "root_token": result["root_token"]}))  # fmt: skip
     if client.sys.is_sealed():
