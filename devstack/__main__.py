@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -69,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             pg_stop(stack)
             for tier in other_stacks(stack):  # `make test`'s shards run on stacks of their own
                 if Path(tier["DBT_PLATFORM_LOCAL_DIR"]).is_dir():
-                    subprocess.call([sys.executable, "-m", "devstack", "down"], env={**os.environ, **tier})
+                    subprocess.call([sys.executable, "-m", "devstack", "down"], env=tier)
             print("Stopped Airflow, Redis, the git server, OpenBao and PostgreSQL.")
         elif args.command == "status":
             print(f"PostgreSQL running: {pg_is_running(stack)}")

@@ -42,6 +42,7 @@ SHARDS = (
     Shard("scheduler", ("tests/scheduler",), 1000),
     Shard("lifecycle", _HEAVY, 2000),
 )
+_DERIVED_PORTS = ("DBT_PLATFORM_OPENBAO_PORT", "DBT_PLATFORM_GIT_PORT")
 
 
 def shard_env(stack: StackSettings, shard: Shard) -> dict[str, str]:
@@ -49,20 +50,29 @@ def shard_env(stack: StackSettings, shard: Shard) -> dict[str, str]:
     if not shard.port_shift:
         return {}
     local_dir = stack.local_dir / f"{shard.name}-tier"
-    pg_port = stack.pg_port + shard.port_shift
     return {
         "DBT_PLATFORM_LOCAL_DIR": str(local_dir),
-        "DBT_PLATFORM_PG_PORT": str(pg_port),
-        "DBT_PLATFORM_OPENBAO_PORT": str(pg_port + 20),
-        "DBT_PLATFORM_GIT_PORT": str(pg_port + 30),
+        "DBT_PLATFORM_PG_PORT": str(stack.pg_port + shard.port_shift),
         "DBT_PLATFORM_AIRFLOW_PORT": str(stack.airflow_port + shard.port_shift),
         "TMPDIR": str(local_dir / "tmp"),
     }
 
 
+def shard_environ(stack: StackSettings, shard: Shard) -> dict[str, str]:
+    """The whole environment a shard's processes run with: this one, on the shard's stack. Ports
+    given for the first stack's OpenBao and git server are left out, so that the shard's are derived
+    from its own PostgreSQL port (:func:`devstack.settings.get_stack_settings`)."""
+    inherited = {k: v for k, v in os.environ.items() if k not in _DERIVED_PORTS or not shard.port_shift}
+    return {**inherited, **shard_env(stack, shard)}
+
+
 def other_stacks(stack: StackSettings) -> list[dict[str, str]]:
     """The environments of the shards' own stacks."""
-    return [shard_env(stack, s) for s in SHARDS if s.port_shift]
+    return [shard_environ(stack, s) for s in SHARDS if s.port_shift]
+
+
+def _command(shard: Shard, args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "pytest", *shard.paths, *(f"--ignore={p}" for p in shard.ignore), *args]
 
 
 def _explicit_paths(args: list[str]) -> bool:
@@ -71,9 +81,8 @@ def _explicit_paths(args: list[str]) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    pytest = [sys.executable, "-m", "pytest"]
     if os.environ.get("DBT_PLATFORM_TEST_TIERS") == "serial" or _explicit_paths(args):
-        return subprocess.call([*pytest, *args])
+        return subprocess.call([sys.executable, "-m", "pytest", *args])
 
     stack = get_stack_settings()
     logs = stack.local_dir / "test-logs"
@@ -83,18 +92,17 @@ def main(argv: list[str] | None = None) -> int:
     running: list[tuple[Shard, subprocess.Popen, Path]] = []
     try:
         for shard in others:
-            env = shard_env(stack, shard)
+            env = shard_environ(stack, shard)
             Path(env["TMPDIR"]).mkdir(parents=True, exist_ok=True)
             log_path = logs / f"{shard.name}-tier.log"
             print(f"{' '.join(shard.paths)} runs alongside, on its own stack; its output: {log_path}")
             with log_path.open("w") as log:
-                command = [*pytest, *shard.paths, *(f"--ignore={p}" for p in shard.ignore), *args]
                 process = subprocess.Popen(
-                    command, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT
+                    _command(shard, args), env=env, stdout=log, stderr=subprocess.STDOUT
                 )
             running.append((shard, process, log_path))
         sys.stdout.flush()
-        status = subprocess.call([*pytest, *first.paths, *(f"--ignore={p}" for p in first.ignore), *args])
+        status = subprocess.call(_command(first, args))
         print(f"\n[{first.name}: exit {status} after {time.monotonic() - started:.0f}s]", flush=True)
         for shard, process, log_path in running:
             code = process.wait()

@@ -7,7 +7,7 @@ from itertools import combinations
 
 from devstack.observability import PORT_BASE
 from devstack.settings import get_stack_settings
-from devstack.test_tiers import SHARDS, _explicit_paths, shard_env
+from devstack.test_tiers import SHARDS, _explicit_paths, shard_env, shard_environ
 from include.dbt_platform.config import REPO_ROOT
 
 # The highest offsets anything derives from a stack's ports: observability's exporters and
@@ -20,19 +20,21 @@ def test_every_shard_gets_its_own_folder_ports_and_temporary_folder(monkeypatch)
     for pg_port, api_port in ((55432, 8080), (55932, 8780)):  # the default stack, the CI clone's
         monkeypatch.setenv("DBT_PLATFORM_PG_PORT", str(pg_port))
         monkeypatch.setenv("DBT_PLATFORM_AIRFLOW_PORT", str(api_port))
-        for name in (
-            "DBT_PLATFORM_OPENBAO_PORT",
-            "DBT_PLATFORM_GIT_PORT",
-            "DBT_PLATFORM_LOCAL_DIR",
-            "TMPDIR",
-        ):
+        for name in ("DBT_PLATFORM_LOCAL_DIR", "TMPDIR"):
             monkeypatch.delenv(name, raising=False)
+        # Given for the first stack: the other shards must not inherit them.
+        monkeypatch.setenv("DBT_PLATFORM_OPENBAO_PORT", str(pg_port + 20))
+        monkeypatch.setenv("DBT_PLATFORM_GIT_PORT", str(pg_port + 30))
         stack = get_stack_settings()
         stacks = {}
         for shard in SHARDS:
             with monkeypatch.context() as m:
-                for name, value in shard_env(stack, shard).items():
-                    m.setenv(name, value)
+                environ = shard_environ(stack, shard)
+                for name in {*environ, "DBT_PLATFORM_OPENBAO_PORT", "DBT_PLATFORM_GIT_PORT"}:
+                    if name in environ:
+                        m.setenv(name, environ[name])
+                    else:
+                        m.delenv(name)
                 stacks[shard.name] = get_stack_settings()
                 if shard.port_shift:
                     assert shard_env(stack, shard)["TMPDIR"].startswith(str(stacks[shard.name].local_dir))
