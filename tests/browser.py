@@ -20,6 +20,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 
+EXPECT_TIMEOUT_MS = 30_000
+
 
 @contextmanager
 def chromium() -> Iterator:
@@ -29,6 +31,10 @@ def chromium() -> Iterator:
     )
     if not CHROMIUM.exists():
         pytest.skip(f"no browser to drive: {CHROMIUM} is missing (.ci/run installs Debian's chromium)")
+    # The iframes Airflow's UI embeds our console in load after the page; with the test shards
+    # sharing two cores that took more than Playwright's 5 s default for `expect` (CI, stop 22).
+    # Everything that waits here waits as long as the tab's own default (30 s).
+    sync_api.expect.set_options(timeout=EXPECT_TIMEOUT_MS)
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:

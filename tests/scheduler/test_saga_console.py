@@ -26,7 +26,7 @@ from devstack.client import client_for
 from include.dbt_platform.project_creation import definition as project_saga
 from include.dbt_platform.saga import journal as j
 from include.dbt_platform.saga.recovery import recover_sagas
-from tests.browser import chromium
+from tests.browser import EXPECT_TIMEOUT_MS, chromium
 from tests.harness import STACK, TARGET, TEST_ROOT, wait_for
 from tests.saga_support import admin, journal, request, undo_saga, uniq
 from tests.scheduler.live import LIVE_TARGET
@@ -293,7 +293,7 @@ def page(browser, client):
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     context = browser.new_context(viewport={"width": 1440, "height": 1000})
     tab = context.new_page()
-    tab.set_default_timeout(30_000)
+    tab.set_default_timeout(EXPECT_TIMEOUT_MS)
     tab.goto(f"{BASE}/")
     tab.wait_for_url("**/auth/login**")
     tab.locator("input[name=username]").fill("admin")
