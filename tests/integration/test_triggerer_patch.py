@@ -229,6 +229,8 @@ def test_the_launcher_patches_this_airflow_and_only_once():
         "assert triggerer.install() and triggerer.install()\n"
         "assert S._create_workload.__wrapped__ is original\n"
         "assert S.send_msg._dbt_platform_patch\n"
+        "from airflow.callbacks.database_callback_sink import DatabaseCallbackSink as D\n"
+        "assert D.send._dbt_platform_patch\n"
         "print('patched')\n"
     )
     assert "patched" in run_python(code).stdout
@@ -262,6 +264,52 @@ def test_a_stock_airflow_triggerer_patches_itself_through_airflow_local_settings
     assert says in out.stdout + out.stderr
 
 
+def test_airflow_still_ignores_the_success_callback_requests_the_triggerer_drops():
+    # The dag-processor parses the DAG file for a task's success callback request and then returns
+    # without running anything; if an upgrade makes it run success callbacks, dropping them would
+    # lose them: this fails first, and the triggerer then files them again (its log says why).
+    assert triggerer.success_callbacks_ignored() is None, (
+        "re-check include/dbt_platform/runtime/triggerer.py's callback filter on this Airflow"
+    )
+
+
+CALLBACKS_FILED = """
+import json, uuid
+from include.dbt_platform.runtime import triggerer
+from airflow import settings
+from airflow.callbacks.callback_requests import TaskCallbackRequest
+from airflow.callbacks.database_callback_sink import DatabaseCallbackSink
+from airflow.models.db_callback_request import DbCallbackRequest
+from sqlalchemy import select
+{install}
+bundle = "callback-filter-" + uuid.uuid4().hex
+ti = dict(id=str(uuid.uuid4()), task_id="model.t", dag_id="d", run_id="r", try_number=1,
+          dag_version_id=str(uuid.uuid4()))
+session = settings.Session()
+try:
+    for state in ("success", "failed", "up_for_retry"):
+        request = TaskCallbackRequest(filepath="d.py", bundle_name=bundle, bundle_version=None, ti=ti,
+                                      task_callback_type=state)
+        DatabaseCallbackSink().send(request, session=session)
+    session.flush()
+    rows = session.scalars(select(DbCallbackRequest).where(DbCallbackRequest.bundle_name == bundle)).all()
+    print(json.dumps(sorted(r.get_callback_request().task_callback_type for r in rows)))
+finally:
+    session.rollback()
+"""
+
+
+@pytest.mark.parametrize(
+    ("install", "filed"),
+    [("assert triggerer.install()", ["failed", "up_for_retry"]), ("", ["failed", "success", "up_for_retry"])],
+    ids=["patched", "stock"],
+)
+def test_the_patched_triggerer_files_failure_and_retry_callbacks_but_not_success(database, install, filed):
+    # Through the real callback sink into the real metadata database (rolled back afterwards).
+    out = run_python(CALLBACKS_FILED.format(install=install))
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == filed
+
+
 def test_another_airflow_version_runs_unpatched_and_says_so():
     code = (
         "import airflow\n"
@@ -271,6 +319,8 @@ def test_another_airflow_version_runs_unpatched_and_says_so():
         "original = S._create_workload\n"
         "assert triggerer.install() is False\n"
         "assert S._create_workload is original\n"
+        "from airflow.callbacks.database_callback_sink import DatabaseCallbackSink as D\n"
+        "assert not hasattr(D.send, '_dbt_platform_patch')\n"
     )
     out = run_python(code)
     assert "Triggerer runs unpatched" in out.stdout + out.stderr

@@ -28,6 +28,15 @@ waits for that same event loop to read. With hundreds of triggers at once (1,000
 message) the two waited for each other for good. While the message does not fit in the socket, the
 patched ``send_msg`` serves the runner's log, stdout and stderr sockets, as its main loop would.
 
+And it drops the success callback requests the triggerer files for the dag-processor. Every task
+that ends in the triggerer (each node task of a transformation DAG) files a ``TaskCallbackRequest``,
+whatever the state; for a success, Airflow 3.3's dag-processor parses the DAG file to serve it and
+then does nothing (``_execute_task_callbacks`` runs failure and retry callbacks only, and logs "Task
+callback requested but is not a failure callback"). At 1,000 models that was a thousand requests per
+run, each batch a parse of the transformations file at the DAG's size. Failure and retry requests
+go through unchanged. This part applies only where the dag-processor's code still ignores success
+requests (:func:`success_callbacks_ignored`).
+
 Nothing else changes: the trigger, its kwargs, the template context (``dag``, ``params``,
 ``dag_run``, ``ti``...) are built by Airflow's own code from that data. A task that is mapped or
 sits in a mapped task group keeps the whole DAG (its expand input may refer to other tasks), and any
@@ -50,6 +59,7 @@ chart and Astro Runtime run ``airflow triggerer``: all get it, and
 
 from __future__ import annotations
 
+import ast
 import importlib.abc
 import importlib.util
 import inspect
@@ -123,6 +133,60 @@ def _send_msg(self, msg, request_id, error=None, **dump_opts):
     _send_serving_logs(self, frame.as_bytes())
 
 
+# ----------------------------------------------------------------------------- callbacks
+
+
+def success_callbacks_ignored() -> str | None:
+    """None if Airflow's dag-processor returns from a task's success callback request without doing
+    anything (so not filing it loses nothing), else why that cannot be relied on."""
+    from airflow.callbacks.callback_requests import TaskCallbackRequest
+    from airflow.dag_processing import processor
+
+    serve = getattr(processor, "_execute_task_callbacks", None)
+    if serve is None:
+        return "airflow.dag_processing.processor._execute_task_callbacks is gone"
+    if not isinstance(getattr(TaskCallbackRequest, "is_failure_callback", None), property):
+        return "TaskCallbackRequest.is_failure_callback is gone"
+    tree = ast.parse(inspect.cleandoc("\n" + inspect.getsource(serve)))
+    first = tree.body[0].body[0] if tree.body and isinstance(tree.body[0], ast.FunctionDef) else None
+    expected = "not request.is_failure_callback"
+    if not (
+        isinstance(first, ast.If)
+        and ast.unparse(first.test) == expected
+        and isinstance(first.body[-1], ast.Return)
+        and first.body[-1].value is None
+    ):
+        return f"_execute_task_callbacks no longer starts with `if {expected}: ... return`"
+    return None
+
+
+def _drop_success_callbacks(send):
+    from airflow.callbacks.callback_requests import TaskCallbackRequest
+
+    def send_failure_callbacks(self, callback, *args, **kwargs):
+        if isinstance(callback, TaskCallbackRequest) and not callback.is_failure_callback:
+            return None  # the dag-processor would parse the DAG file and then ignore it
+        return send(self, callback, *args, **kwargs)
+
+    send_failure_callbacks._dbt_platform_patch = True  # type: ignore[attr-defined]
+    send_failure_callbacks.__wrapped__ = send  # type: ignore[attr-defined]
+    return send_failure_callbacks
+
+
+def install_callback_filter() -> bool:
+    """In the triggerer: success callback requests of tasks are not filed (see the module's doc)."""
+    from airflow.callbacks.database_callback_sink import DatabaseCallbackSink
+
+    if getattr(DatabaseCallbackSink.send, "_dbt_platform_patch", False):
+        return True
+    reason = success_callbacks_ignored()
+    if reason:
+        log.warning("Triggerer files every task's success callback request: %s", reason)
+        return False
+    DatabaseCallbackSink.send = _drop_success_callbacks(DatabaseCallbackSink.send)  # type: ignore[method-assign]
+    return True
+
+
 # ----------------------------------------------------------------------------- the patch
 
 
@@ -159,6 +223,8 @@ def install() -> bool:
     if getattr(TriggerRunnerSupervisor._create_workload, "_dbt_platform_patch", False):
         return True
     reason = patch_applies()
+    if not reason:
+        install_callback_filter()
     if reason:
         log.warning("Triggerer runs unpatched (each task gets the whole DAG): %s", reason)
         return False
@@ -200,7 +266,7 @@ def install() -> bool:
     TriggerRunnerSupervisor.send_msg = _send_msg  # type: ignore[method-assign]
     log.info(
         "Triggerer: DAGs cached per version, each start_from_trigger task gets only itself, "
-        "runner logs served while sending"
+        "runner logs served while sending, no success callback requests for the dag-processor"
     )
     return True
 
