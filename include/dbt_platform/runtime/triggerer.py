@@ -223,11 +223,10 @@ def install() -> bool:
     if getattr(TriggerRunnerSupervisor._create_workload, "_dbt_platform_patch", False):
         return True
     reason = patch_applies()
-    if not reason:
-        install_callback_filter()
     if reason:
         log.warning("Triggerer runs unpatched (each task gets the whole DAG): %s", reason)
         return False
+    filtered = install_callback_filter()
     original = TriggerRunnerSupervisor._create_workload
     cache = _VersionCache()
     failures: set[str] = set()
@@ -266,7 +265,8 @@ def install() -> bool:
     TriggerRunnerSupervisor.send_msg = _send_msg  # type: ignore[method-assign]
     log.info(
         "Triggerer: DAGs cached per version, each start_from_trigger task gets only itself, "
-        "runner logs served while sending, no success callback requests for the dag-processor"
+        "runner logs served while sending%s",
+        ", no success callback requests for the dag-processor" if filtered else "",
     )
     return True
 
