@@ -13,8 +13,9 @@ doc says why at its top, and this task's log has dbt's message. Trigger this DAG
 
 from datetime import UTC, datetime, timedelta
 
-from airflow.sdk import DAG, Param, task
+from airflow.sdk import DAG, task
 
+from include.dbt_platform.forms import param
 from include.dbt_platform.transformations.sync import sync_projects
 
 with DAG(
@@ -26,7 +27,7 @@ with DAG(
     doc_md=__doc__,
     tags=["dbt", "operations"],
     params={
-        "projects": Param(
+        "projects": param(
             [],
             type="array",
             items={"type": "string"},

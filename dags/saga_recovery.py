@@ -11,9 +11,10 @@ DAG with conf `{"saga_id": "<id>"}`.
 
 from datetime import UTC, datetime, timedelta
 
-from airflow.sdk import DAG, Param, task
+from airflow.sdk import DAG, task
 
 from include.dbt_platform.config import get_settings
+from include.dbt_platform.forms import param
 from include.dbt_platform.saga.recovery import recover_all
 from include.dbt_platform.sagas import definitions
 
@@ -26,7 +27,7 @@ with DAG(
     doc_md=__doc__,
     tags=["saga", "operations"],
     params={
-        "saga_id": Param(
+        "saga_id": param(
             None,
             type=["string", "null"],
             title="Saga to re-drive",

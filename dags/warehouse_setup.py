@@ -23,8 +23,9 @@ report is also written to `<state dir>/warehouse_setup/<project>.report.md`.
 
 from datetime import UTC, datetime, timedelta
 
-from airflow.sdk import DAG, Param, TriggerRule, chain, task
+from airflow.sdk import DAG, TriggerRule, chain, task
 
+from include.dbt_platform.forms import param
 from include.dbt_platform.warehouse_setup import MODES
 from include.dbt_platform.warehouse_setup.steps import STEPS, project_names
 from include.dbt_platform.warehouse_setup.tasks import report as write_report
@@ -42,14 +43,14 @@ with DAG(
     tags=["dbt", "setup", "operations"],
     default_args={"owner": "data-platform", "retries": 1, "retry_delay": timedelta(seconds=30)},
     params={
-        "project": Param(
+        "project": param(
             "inventory_transforms" if "inventory_transforms" in projects else (projects or [""])[0],
             type="string",
             enum=projects or [""],
             title="dbt project",
             description="The project whose schema is set up.",
         ),
-        "mode": Param(
+        "mode": param(
             "complete",
             type="string",
             enum=list(MODES),
@@ -57,7 +58,7 @@ with DAG(
             description="complete: rebuild from scratch; quick: no clearing, changed seeds only; "
             "status: read-only report.",
         ),
-        "confirm_production": Param(
+        "confirm_production": param(
             "",
             type=["string", "null"],
             title="Confirm a production run",

@@ -44,6 +44,7 @@ print("RESULT " + json.dumps({
             "catchup": dag.catchup,
             "n_tasks": len(dag.tasks),
             "schedule": getattr(dag.timetable, "expression", None),
+            "param_schemas": {name: dag.params.get_param(name).schema for name in dag.params},
         }
         for dag_id, dag in bag.dags.items()
     },
@@ -123,6 +124,24 @@ def test_dag_has_tags_owner_retries_docs(isolated_dagbag, dag_id):
     assert all(dag["owners"]), f"{dag_id} has tasks without an owner"
     assert min(dag["retries"]) >= 1, f"{dag_id} has tasks without retries"
     assert dag["catchup"] is False
+
+
+def test_every_platform_form_names_the_cheap_json_schema_dialect(isolated_dagbag):
+    """Airflow checks each param's schema against its dialect's metaschema every time a task builds
+    its context (include/dbt_platform/forms.py): the platform's forms name draft-07, and are valid
+    draft-07 schemas."""
+    from jsonschema import Draft7Validator
+
+    from include.dbt_platform.forms import DIALECT
+
+    forms = {d: dag["param_schemas"] for d, dag in isolated_dagbag["dags"].items() if dag["param_schemas"]}
+    assert {"dbt_project_create", "dbt_project_decommission", "warehouse_setup", "saga_recovery"} <= set(
+        forms
+    )
+    for dag_id, schemas in forms.items():
+        for name, schema in schemas.items():
+            assert schema.get("$schema") == DIALECT, f"{dag_id}.{name} names no dialect"
+            Draft7Validator.check_schema(schema)
 
 
 def test_the_recovery_sweep_runs_every_ten_minutes_unless_switched_off(isolated_dagbag):

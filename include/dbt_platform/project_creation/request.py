@@ -135,10 +135,10 @@ def parse_request(params: dict) -> ProjectRequest:
 
 def dag_params() -> dict:
     """The trigger form. Airflow validates these on UI and REST triggers; parse_request re-checks."""
-    from airflow.sdk import Param
+    from include.dbt_platform.forms import param
 
     return {
-        "project_name": Param(
+        "project_name": param(
             "",
             type="string",
             title="Project name",
@@ -148,15 +148,15 @@ def dag_params() -> dict:
             minLength=1,
             maxLength=MAX_NAME,
         ),
-        "owner": Param(
+        "owner": param(
             "",
             type="string",
             format="idn-email",
             title="Owner email",
             description="Who owns the project; notified when it is ready.",
         ),
-        "description": Param("", type=["string", "null"], title="Description", maxLength=500),
-        "environments": Param(
+        "description": param("", type=["string", "null"], title="Description", maxLength=500),
+        "environments": param(
             ["dev"],
             type="array",
             title="Environments",
@@ -166,7 +166,7 @@ def dag_params() -> dict:
             minItems=1,
             uniqueItems=True,
         ),
-        "database_mode": Param(
+        "database_mode": param(
             "new",
             type="string",
             enum=["new", "existing"],
@@ -174,27 +174,27 @@ def dag_params() -> dict:
             description="'new' creates dbt_<project_name>; 'existing' uses the database named "
             "below (it must exist).",
         ),
-        "database_name": Param(
+        "database_name": param(
             None,
             type=["string", "null"],
             title="Existing database name",
             description="Only with database mode 'existing'.",
         ),
-        "readers": Param(
+        "readers": param(
             [],
             type="array",
             items={"type": "string"},
             title="Reader roles",
             description="Existing PostgreSQL roles that get read access to every environment.",
         ),
-        "idempotency_key": Param(
+        "idempotency_key": param(
             None,
             type=["string", "null"],
             title="Idempotency key",
             description="Optional. A second request with the same key creates nothing and "
             "reports the first one's outcome.",
         ),
-        "fault_injection": Param(
+        "fault_injection": param(
             None,
             type=["object", "null"],
             title="Fault injection (drills)",

@@ -85,9 +85,9 @@ def parse_decommission(params: dict) -> DecommissionRequest:
 
 
 def _project_param():
-    from airflow.sdk import Param
+    from include.dbt_platform.forms import param
 
-    return Param(
+    return param(
         "",
         type="string",
         title="Project name",
@@ -99,16 +99,16 @@ def _project_param():
 
 
 def _common_params() -> dict:
-    from airflow.sdk import Param
+    from include.dbt_platform.forms import param
 
     return {
-        "idempotency_key": Param(
+        "idempotency_key": param(
             None,
             type=["string", "null"],
             title="Idempotency key",
             description="Optional. A second request with the same key does nothing and reports the first one's outcome.",
         ),
-        "fault_injection": Param(
+        "fault_injection": param(
             None,
             type=["object", "null"],
             title="Fault injection (drills)",
@@ -118,11 +118,11 @@ def _common_params() -> dict:
 
 
 def add_environment_params() -> dict:
-    from airflow.sdk import Param
+    from include.dbt_platform.forms import param
 
     return {
         "project_name": _project_param(),
-        "environment": Param(
+        "environment": param(
             "staging",
             type="string",
             enum=list(ENVIRONMENTS),
@@ -134,11 +134,11 @@ def add_environment_params() -> dict:
 
 
 def rotate_credentials_params() -> dict:
-    from airflow.sdk import Param
+    from include.dbt_platform.forms import param
 
     return {
         "project_name": _project_param(),
-        "environments": Param(
+        "environments": param(
             [],
             type="array",
             items={"type": "string", "enum": list(ENVIRONMENTS)},
@@ -151,11 +151,11 @@ def rotate_credentials_params() -> dict:
 
 
 def decommission_params() -> dict:
-    from airflow.sdk import Param
+    from include.dbt_platform.forms import param
 
     return {
         "project_name": _project_param(),
-        "drop_database": Param(
+        "drop_database": param(
             False,
             type="boolean",
             title="Drop the database",
