@@ -29,6 +29,14 @@ print('leftovers', [n for n in os.listdir(tempfile.gettempdir()) if n.startswith
 print('warm' if 'dbt.cli.main' in sys.modules and 'dbt.adapters.postgres' in sys.modules else 'cold')
 from include.dbt_platform.runtime.warm_dbt import PRELOADED
 print('preloaded', [m for m in PRELOADED if m in sys.modules])
+# What the saga DAGs' files import (dags/project_create.py ...): a saga step's task parses it first.
+SAGA_MODULES = ['include.dbt_platform.project_creation.definition', 'include.dbt_platform.saga.tasks',
+                'include.dbt_platform.project_lifecycle.decommission']
+print('dag_imports', [m for m in SAGA_MODULES if m in sys.modules])
+from dbt_common.tests import test_caching_enabled
+from include.dbt_platform.runtime.warm_dbt import DBT_CACHES
+print('dbt_caches', test_caching_enabled(), [
+    len(getattr(sys.modules[module], name)) > 0 for module, name in DBT_CACHES if name.startswith('_TESTING')])
 """
 
 # A task forked from the warmed process: dbt parses a project there (what register_transformations does).
@@ -63,7 +71,8 @@ def run_component(argv: list[str], env: dict[str, str], extra: str = "") -> subp
         out = subprocess.run(
             [sys.executable, "-c", CHECK.format(argv=argv) + extra],
             cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
-            env={**os.environ, "PYTHONPATH": f"{REPO_ROOT / 'plugins'}:{REPO_ROOT}", "TMPDIR": tmp, **env},
+            env={**os.environ, "PYTHONPATH": f"{REPO_ROOT / 'plugins'}:{REPO_ROOT}", "TMPDIR": tmp,
+                 "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"), **env},
         )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     return out
@@ -83,6 +92,8 @@ def test_a_local_executor_scheduler_preloads_dbt_and_its_forked_tasks_run_dbt():
     assert "warm" in seen, out.stdout + out.stderr[-2000:]
     assert "dbt preloaded for the task processes forked from here" in out.stderr
     assert seen["preloaded"] == repr(list(warm_dbt.PRELOADED)), "what every task imports is loaded too"
+    assert len(eval(seen["dag_imports"])) == 3, "and what the DAG files import"
+    assert seen["dbt_caches"] == "True [True, True, True]", "dbt's parse caches are on and filled"
     # Forking is safe: the warm-up leaves no thread running, and nothing of its project behind.
     assert seen["threads"] == "1"
     assert seen["leftovers"] == "[]"
@@ -119,6 +130,89 @@ def test_only_the_processes_that_fork_tasks_preload_dbt(argv, executor, env, exp
         assert warm_dbt.forks_task_processes(argv, executor)
     else:
         assert warm_dbt.install(argv, executor) == expected
+
+
+# The same project parsed without dbt's parse caches, then after the warm-up (caches on and filled by
+# another project, as in a forked task), then again (its own templates cached): the same manifest.
+SAME_MANIFEST = """
+import json, shutil, sys, tempfile
+from pathlib import Path
+from include.dbt_platform.transformations import dbt
+from include.dbt_platform.transformations.projects import load_project
+from include.dbt_platform.runtime import warm_dbt
+from dbt_common.tests import test_caching_enabled
+
+VARYING = {"created_at", "generated_at", "invocation_id", "invocation_started_at", "run_started_at"}
+
+def manifest(src):
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder, src.name)
+        shutil.copytree(src, path, ignore=shutil.ignore_patterns("target", "logs"))
+        project = load_project(path)
+        with dbt.parse_profile(project) as profile:
+            outcome = dbt.run(project, ["parse", "--no-partial-parse", "--quiet"], profile,
+                              log_path=Path(folder, "logs"))
+        assert outcome.success, outcome.error
+        text = (path / "target" / "manifest.json").read_text().replace(str(path), "<project>")
+    def strip(o):
+        if isinstance(o, dict):
+            return {k: strip(v) for k, v in o.items() if k not in VARYING}
+        return [strip(v) for v in o] if isinstance(o, list) else o
+    return strip(json.loads(text))
+
+src = Path(sys.argv[1])
+cold = manifest(src)
+assert not test_caching_enabled()
+warm_dbt.warm()
+assert test_caching_enabled()
+first, second = manifest(src), manifest(src)
+print("macros", len(cold["macros"]), "nodes", len(cold["nodes"]))
+print("same" if cold == first == second else "different")
+"""
+
+
+@pytest.mark.parametrize("project", ["inventory_transforms", "a new project's scaffold"])
+def test_dbts_parse_caches_change_nothing_in_a_manifest(project, tmp_path):
+    if project == "inventory_transforms":
+        source = REPO_ROOT / "dbt_projects" / project
+    else:  # what register_transformations parses
+        from include.dbt_platform.project_creation.scaffold import scaffold
+
+        source = tmp_path / "sales_mart"
+        for name, text in scaffold("sales_mart", "alice@example.com", "Sales").items():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            (source / name).write_text(text)
+    out = subprocess.run(
+        [sys.executable, "-c", SAME_MANIFEST, str(source)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "TMPDIR": str(tmp_path)},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.splitlines()[-1] == "same", out.stdout
+    counts = next(line.split() for line in out.stdout.splitlines() if line.startswith("macros "))
+    assert int(counts[1]) > 400, "dbt's and the adapter's macros are in the manifest"
+
+
+def test_the_dag_files_imports_are_found_and_one_that_fails_is_skipped(tmp_path):
+    (tmp_path / "saga_dag.py").write_text(
+        '"""An Airflow DAG."""\nimport json\nfrom email.mime import text\n'
+        "from .relative import nothing  # not absolute: skipped\n"
+        "from no_such_module_anywhere import x\n"
+        "def f():\n    import csv  # not top level: skipped\n"
+    )
+    (tmp_path / "helper.py").write_text("import wave\n")  # no 'dag' and 'airflow' in it: not a DAG file
+    (tmp_path / "broken_dag.py").write_text("# airflow dag\nimport (\n")  # the dag-processor reports it
+    sub = tmp_path / "team"
+    sub.mkdir()
+    (sub / "other_dag.py").write_text("# airflow dag\nimport json, zipfile\n")
+    assert warm_dbt.dag_file_imports(tmp_path) == [
+        "json", "email.mime", "no_such_module_anywhere", "zipfile",
+    ]  # fmt: skip
+    loaded, failed = warm_dbt.preload_dag_imports(tmp_path)
+    assert loaded == ["json", "email.mime", "zipfile"]
+    assert list(failed) == ["no_such_module_anywhere"]
+    assert "ModuleNotFoundError" in failed["no_such_module_anywhere"]
+    assert warm_dbt.dag_file_imports(tmp_path / "missing") == []
 
 
 def test_a_failing_warm_up_is_one_warning_and_the_scheduler_starts_and_runs_dbt_cold():
