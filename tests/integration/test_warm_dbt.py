@@ -201,6 +201,8 @@ def test_the_dag_files_imports_are_found_and_one_that_fails_is_skipped(tmp_path)
         "def f():\n    import csv  # not top level: skipped\n"
     )
     (tmp_path / "helper.py").write_text("import wave\n")  # no 'dag' and 'airflow' in it: not a DAG file
+    (tmp_path / "ignored_dag.py").write_text("# airflow dag\nimport csv\n")
+    (tmp_path / ".airflowignore").write_text("ignored_dag.py\n")  # the dag-processor skips it too
     (tmp_path / "broken_dag.py").write_text("# airflow dag\nimport (\n")  # the dag-processor reports it
     sub = tmp_path / "team"
     sub.mkdir()

@@ -102,18 +102,18 @@ def enable_dbt_parse_caches() -> bool:
 
 def dag_file_imports(folder: Path) -> list[str]:
     """The modules the DAG files in ``folder`` import at their top level (absolute imports), in
-    order, each once. A DAG file is a ``.py`` file that mentions "airflow" and "dag", as Airflow's
-    safe mode has it; a file that does not parse is skipped (the dag-processor reports it)."""
+    order, each once. The DAG files are those the dag-processor parses (Airflow's own discovery:
+    ``.airflowignore``, safe mode's heuristic); a file that does not parse is skipped (the
+    dag-processor reports it)."""
     import ast
 
+    from airflow.utils.file import list_py_file_paths
+
     found: dict[str, None] = {}
-    for path in sorted(folder.rglob("*.py")) if folder.is_dir() else ():
+    for path in sorted(map(Path, list_py_file_paths(folder))) if folder.is_dir() else ():
         try:
-            text = path.read_text()
-            if "airflow" not in text.lower() or "dag" not in text.lower():
-                continue
-            tree = ast.parse(text, str(path))
-        except (OSError, SyntaxError, ValueError):
+            tree = ast.parse(path.read_text(), str(path))
+        except (OSError, SyntaxError, ValueError):  # a zipped DAG file is not text: skipped
             continue
         for node in tree.body:
             if isinstance(node, ast.ImportFrom) and node.module and not node.level:
