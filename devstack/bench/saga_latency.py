@@ -29,6 +29,7 @@ from devstack.airflow import (  # noqa: E402
     stop_airflow,
     wait_healthy,
 )
+from devstack.bench import add_airflow_env_option, airflow_env_overrides  # noqa: E402
 from devstack.client import client_for  # noqa: E402
 from devstack.drills import fresh_metadata  # noqa: E402
 from devstack.postgres import pg_up  # noqa: E402
@@ -116,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--environments", default="dev,prod")
+    add_airflow_env_option(parser)
     args = parser.parse_args(argv)
+    overrides = airflow_env_overrides(parser, args.airflow_env)
     stack = get_stack_settings()
     target = isolated_target(stack, "bench_saga", port_offset=300)
     root = stack.local_dir / "bench_saga"
@@ -133,12 +136,14 @@ def main(argv: list[str] | None = None) -> int:
         pg_up(stack, (target.metadata_db, target.warehouse_db, target.platform_db))
         prepare_airflow_home(stack, target)
         migrate_metadata_db(stack, target)
-        start_airflow(stack, target, extra_env={"AIRFLOW__CORE__DAGS_FOLDER": str(dags)})
+        start_airflow(stack, target, extra_env={"AIRFLOW__CORE__DAGS_FOLDER": str(dags)} | overrides)
         try:
             results = run_both(stack, target, args.runs, [e for e in args.environments.split(",") if e])
         finally:
             stop_airflow(stack, target)
             take_down(stack)
+    if overrides:
+        print(f"Airflow settings changed for this run: {overrides}")
     for dag_id, runs in results.items():
         print(f"== {dag_id}: {len(runs)} runs")
         for i, r in enumerate(runs, 1):

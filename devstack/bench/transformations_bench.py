@@ -42,6 +42,7 @@ from devstack.airflow import (  # noqa: E402
     stop_airflow,
     wait_healthy,
 )
+from devstack.bench import add_airflow_env_option, airflow_env_overrides  # noqa: E402
 from devstack.bench.generate_project import generate  # noqa: E402
 from devstack.client import client_for  # noqa: E402
 from devstack.postgres import pg_up  # noqa: E402
@@ -346,14 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated modes run once each for comparison: local, after_each (triggerer mode, "
         "tests as their own tasks), watcher; '' for none",
     )
-    parser.add_argument(
-        "--airflow-env",
-        action="append",
-        default=[],
-        metavar="AIRFLOW__SECTION__KEY=VALUE",
-        help="an Airflow setting (or a DBT_PLATFORM_ one, e.g. DBT_PLATFORM_WARM_DBT=off) for the bench "
-        "Airflow (repeatable), to measure a setting's effect",
-    )
+    add_airflow_env_option(parser)
     parser.add_argument(
         "--hang-after",
         type=float,
@@ -363,12 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--keep-running", action="store_true", help="leave the bench Airflow running")
     args = parser.parse_args(argv)
-    overrides = dict(item.split("=", 1) for item in args.airflow_env if "=" in item)
-    prefixes = ("AIRFLOW__", "DBT_PLATFORM_")
-    if bad := [item for item in args.airflow_env if "=" not in item or not item.startswith(prefixes)]:
-        parser.error(
-            f"--airflow-env: expected AIRFLOW__SECTION__KEY=VALUE or DBT_PLATFORM_NAME=VALUE, got {bad}"
-        )
+    overrides = airflow_env_overrides(parser, args.airflow_env)
 
     stack = get_stack_settings()
     settings = get_settings()
