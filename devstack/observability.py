@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from include.dbt_platform.config import REPO_ROOT
+from include.dbt_platform.sagas import lineage_emission_policy
 
 MAPPING_FILE = REPO_ROOT / "config" / "statsd_mapping.yml"
 PORT_BASE = 50  # DBT_PLATFORM_PG_PORT + 50 .. + 69
@@ -67,6 +68,8 @@ def observability_env(stack, target) -> dict[str, str]:
         # provider's default): cheaper on a small machine, and a fork of a task runner can leave it
         # stuck on its supervisor's socket.
         "AIRFLOW__OPENLINEAGE__EXECUTE_IN_THREAD": "True",
+        # No task events from the sagas' tasks (include/dbt_platform/sagas.py: lineage_emission_policy).
+        "AIRFLOW__OPENLINEAGE__EMISSION_POLICY": lineage_emission_policy(),
     }
     ports = ports_for(stack, target)
     if ports is not None:

@@ -123,15 +123,34 @@ def run_dag_test(dag):
     return run, states
 
 
-def lineage_events(dag_id: str, run_id: str) -> list[dict]:
-    """The OpenLineage events of one DAG run in the stack's lineage file (the provider's file
-    transport): the run's own and its tasks', found through the parent run the provider gives them."""
+def _all_lineage_events() -> list[dict]:
     import json
 
     from devstack.observability import lineage_file
 
     path = lineage_file(TARGET)
-    events = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _dag_run_facet(event: dict) -> dict:
+    facets = event["run"].get("facets") or {}
+    return (facets.get("airflow") or facets.get("airflowDagRun") or {}).get("dagRun") or {}
+
+
+def dag_run_lineage(dag_id: str, run_id: str) -> tuple[list[str], list[str]]:
+    """The event types of one DAG run's own OpenLineage events (job: the DAG), and the job names of
+    every task event that names the run (job: ``<dag_id>.<task_id>``)."""
+    events = [e for e in _all_lineage_events() if _dag_run_facet(e).get("run_id") == run_id]
+    return (
+        [e["eventType"] for e in events if e["job"]["name"] == dag_id],
+        [e["job"]["name"] for e in events if e["job"]["name"].startswith(f"{dag_id}.")],
+    )
+
+
+def lineage_events(dag_id: str, run_id: str) -> list[dict]:
+    """The OpenLineage events of one DAG run in the stack's lineage file (the provider's file
+    transport): the run's own and its tasks', found through the parent run the provider gives them."""
+    events = _all_lineage_events()
 
     def parent_of(event: dict) -> str | None:
         return ((event["run"].get("facets") or {}).get("parent") or {}).get("run", {}).get("runId")
@@ -139,8 +158,7 @@ def lineage_events(dag_id: str, run_id: str) -> list[dict]:
     runs = {
         parent_of(e)
         for e in events
-        if (e["run"].get("facets") or {}).get("airflow", {}).get("dagRun", {}).get("run_id") == run_id
-        and e["job"]["name"].startswith(f"{dag_id}.")
+        if _dag_run_facet(e).get("run_id") == run_id and e["job"]["name"].startswith(f"{dag_id}.")
     }
     return [e for e in events if parent_of(e) in runs - {None}]
 

@@ -22,7 +22,7 @@ from devstack.airflow import component_pid
 from devstack.observability import ports_for, prometheus_binary, prometheus_running
 from include.dbt_platform.project_creation import definition as project_saga
 from include.dbt_platform.saga import journal as j
-from tests.harness import STACK, build_manifest, wait_for
+from tests.harness import STACK, build_manifest, dag_run_lineage, wait_for
 from tests.saga_support import admin, inventory, journal, request, undo_completed_sagas, uniq
 from tests.scheduler.live import LIVE_SAGA_TIMEOUTS, LIVE_TARGET
 
@@ -92,6 +92,14 @@ def test_rest_trigger_completes_and_a_reused_run_id_is_refused(client):
     )
     assert "register_transformations" in json.dumps(log), log
     assert "dbt preloaded" not in json.dumps(log)
+
+    # Lineage: the run's own START and COMPLETE, no task events (sagas.py: lineage_emission_policy).
+    run_events, task_jobs = wait_for(
+        lambda: found if "COMPLETE" in (found := dag_run_lineage(DAG_ID, run_id))[0] else None,
+        30,
+        lambda: f"the run's COMPLETE lineage event (got {dag_run_lineage(DAG_ID, run_id)})",
+    )
+    assert run_events == ["START", "COMPLETE"] and task_jobs == [], (run_events, task_jobs)
 
     status, _ = client.trigger(DAG_ID, run_id, request(uniq("live_again")))
     assert status == 409

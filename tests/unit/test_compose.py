@@ -23,6 +23,7 @@ from devstack.distributed import (
     WORKERS,
 )
 from include.dbt_platform.config import REPO_ROOT
+from include.dbt_platform.sagas import lineage_emission_policy
 
 COMPOSE = REPO_ROOT / "docker-compose.yaml"
 SCHEMA = REPO_ROOT / "tests" / "schemas" / "compose-spec.json"
@@ -190,6 +191,10 @@ def test_metrics_and_lineage_are_switched_on(compose):
         assert env["AIRFLOW__METRICS__STATSD_HOST"] == "statsd-exporter", name
         transport = json.loads(env["AIRFLOW__OPENLINEAGE__TRANSPORT"])
         assert transport["type"] == "file" and transport["log_file_path"].startswith("/opt/airflow/logs/")
+        # The sagas' tasks emit no task events: the same rule the local stack sets.
+        assert json.loads(env["AIRFLOW__OPENLINEAGE__EMISSION_POLICY"]) == json.loads(
+            lineage_emission_policy()
+        )
     exporter = services["statsd-exporter"]
     assert exporter["image"].startswith("prom/statsd-exporter:")
     mapping = next(v for v in exporter["volumes"] if v.endswith(":ro") and "statsd_mapping.yml" in v)
