@@ -9,15 +9,22 @@ scheduler`` with a LocalExecutor, ``airflow celery worker``; see
 ``include/dbt_platform/runtime/warm_dbt.py``), so that tasks running dbt start warm. Every other
 process is left as it is. A deployment with its own ``$AIRFLOW_HOME/config/airflow_local_settings.py``
 (which Airflow finds first) adds the imports and the calls below to it instead.
+
+It also wakes ``airflow scheduler`` from its idle sleep when a task ends (a PostgreSQL notification;
+see ``include/dbt_platform/runtime/scheduler_wakeup.py``), so a task's successor starts at once.
 """
 
 import logging
 
 try:
     from include.dbt_platform.runtime import warm_dbt
+    from include.dbt_platform.runtime.scheduler_wakeup import install_in_scheduler
     from include.dbt_platform.runtime.triggerer import install_in_triggerer
 except ImportError as err:  # the project is not on PYTHONPATH: Airflow must still start
-    logging.getLogger(__name__).warning("dbt platform: triggerer patch and dbt preload not loaded: %s", err)
+    logging.getLogger(__name__).warning(
+        "dbt platform: triggerer patch, scheduler wake-up and dbt preload not loaded: %s", err
+    )
 else:
     install_in_triggerer()
+    install_in_scheduler()
     warm_dbt.install()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -94,6 +96,16 @@ def wait_for(predicate, timeout: float, what):
             return value
         time.sleep(1)
     raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")
+
+
+def run_python(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter (the patch changes Airflow's classes); it must succeed."""
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out
 
 
 def query(conn, sql: str, params=None) -> list[tuple]:

@@ -11,11 +11,8 @@ supervisor side runs on the real scheduler (tests/test_transformations_on_schedu
 from __future__ import annotations
 
 import json
-import os
 import selectors
 import socket
-import subprocess
-import sys
 import threading
 import uuid
 from datetime import datetime
@@ -28,11 +25,10 @@ from airflow.sdk import DAG, BaseOperator, Param, TaskGroup, task
 from airflow.serialization.serialized_objects import DagSerialization
 from airflow.triggers.base import BaseTrigger, StartTriggerArgs
 
-from include.dbt_platform.config import REPO_ROOT
 from include.dbt_platform.runtime import triggerer
 from include.dbt_platform.runtime.dag_cut import _Version
 from include.dbt_platform.runtime.triggerer import _send_serving_logs
-from tests.harness import build_manifest, copy_project
+from tests.harness import build_manifest, copy_project, run_python
 
 RUN_ID = "manual__2026-11-23T10:00:00+00:00"
 DAG_RUN = {
@@ -206,16 +202,6 @@ def test_a_mapped_task_keeps_the_whole_dag():
     model = Serialised(templated_dag())
     assert _Version(model).task_only("double") is None
     assert _Version(model).task_only("no_such_task") is None
-
-
-def run_python(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run ``code`` in a fresh interpreter (the patch changes Airflow's classes); it must succeed."""
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
-        env={**os.environ, **(env or {})},
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-2000:]
-    return out
 
 
 def test_the_launcher_patches_this_airflow_and_only_once():

@@ -21,8 +21,9 @@ import pytest
 from devstack.airflow import component_pid
 from devstack.observability import ports_for, prometheus_binary, prometheus_running
 from include.dbt_platform.project_creation import definition as project_saga
+from include.dbt_platform.runtime import scheduler_wakeup
 from include.dbt_platform.saga import journal as j
-from tests.harness import STACK, build_manifest, dag_run_lineage, wait_for
+from tests.harness import STACK, build_manifest, dag_run_lineage, query, wait_for
 from tests.saga_support import admin, inventory, journal, request, undo_completed_sagas, uniq
 from tests.scheduler.live import LIVE_SAGA_TIMEOUTS, LIVE_TARGET
 
@@ -100,6 +101,15 @@ def test_rest_trigger_completes_and_a_reused_run_id_is_refused(client):
         lambda: f"the run's COMPLETE lineage event (got {dag_run_lineage(DAG_ID, run_id)})",
     )
     assert run_events == ["START", "COMPLETE"] and task_jobs == [], (run_events, task_jobs)
+
+    # The scheduler wakes when a task ends (runtime/scheduler_wakeup.py): one session of it listens.
+    with admin() as conn:
+        listening = query(
+            conn,
+            "select count(*) from pg_stat_activity where datname = %s and query = %s",
+            (LIVE_TARGET.metadata_db, f"LISTEN {scheduler_wakeup.CHANNEL}"),
+        )
+    assert listening == [(1,)]
 
     status, _ = client.trigger(DAG_ID, run_id, request(uniq("live_again")))
     assert status == 409

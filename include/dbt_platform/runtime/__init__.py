@@ -3,6 +3,8 @@
     triggerer.py  a patch of Airflow's triggerer: each start-from-trigger task sent to its runner
                   alone, logs read while sending; a stock ``airflow triggerer`` installs it through
                   ``plugins/airflow_local_settings.py``
+    scheduler_wakeup.py  the scheduler's idle sleep ends when a task ends (a PostgreSQL
+                  notification), installed the same way
     warm_dbt.py   dbt loaded once in the processes that fork task processes (the LocalExecutor
                   scheduler, Celery workers), installed the same way
     roles.py      the platform's Airflow roles and the stack's users
@@ -13,6 +15,8 @@ It imports Airflow only (and dbt, in ``warm_dbt``, in the processes it warms).
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import os
 import sys
 
@@ -24,3 +28,28 @@ def airflow_command(argv: list[str] | None = None) -> list[str]:
     if len(args) < 2 or os.path.basename(args[0]) not in {"airflow", "__main__.py", "-m"}:
         return []
     return list(args[1:])
+
+
+class PatchAfterImport(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: when ``module`` is imported, wraps its loader so that ``then`` runs right
+    after the module has executed (the triggerer and the scheduler import their job runners after
+    Airflow's settings)."""
+
+    def __init__(self, module: str, then) -> None:
+        self.module, self.then = module, then
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != self.module:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        execute, then = spec.loader.exec_module, self.then
+
+        def exec_module(module) -> None:
+            execute(module)
+            then()
+
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec

@@ -60,8 +60,6 @@ chart and Astro Runtime run ``airflow triggerer``: all get it, and
 from __future__ import annotations
 
 import ast
-import importlib.abc
-import importlib.util
 import inspect
 import json
 import logging
@@ -70,7 +68,7 @@ import select
 import sys
 from typing import Any
 
-from include.dbt_platform.runtime import airflow_command
+from include.dbt_platform.runtime import PatchAfterImport, airflow_command
 from include.dbt_platform.runtime.dag_cut import _CachingDagBag, _VersionCache
 
 log = logging.getLogger("include.dbt_platform.runtime.triggerer")  # also when run as __main__
@@ -281,30 +279,6 @@ def is_triggerer_process(argv: list[str] | None = None) -> bool:
     return airflow_command(argv)[:1] == ["triggerer"]
 
 
-class _PatchAfterImport(importlib.abc.MetaPathFinder):
-    """Finds nothing itself: when ``module`` is imported, wraps its loader so that ``then`` runs right
-    after the module has executed (the triggerer imports its job runner after Airflow's settings)."""
-
-    def __init__(self, module: str, then) -> None:
-        self.module, self.then = module, then
-
-    def find_spec(self, fullname, path, target=None):
-        if fullname != self.module:
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(fullname)
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        execute, then = spec.loader.exec_module, self.then
-
-        def exec_module(module) -> None:
-            execute(module)
-            then()
-
-        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
-        return spec
-
-
 def install_in_triggerer(argv: list[str] | None = None) -> str:
     """Called by ``airflow_local_settings`` in every Airflow process. Returns what it did."""
     if not is_triggerer_process(argv):
@@ -322,8 +296,8 @@ def install_in_triggerer(argv: list[str] | None = None) -> str:
     if TRIGGERER_MODULE in sys.modules:
         install_safely()
         return "installed"
-    if not any(isinstance(f, _PatchAfterImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, _PatchAfterImport(TRIGGERER_MODULE, install_safely))
+    if not any(isinstance(f, PatchAfterImport) and f.module == TRIGGERER_MODULE for f in sys.meta_path):
+        sys.meta_path.insert(0, PatchAfterImport(TRIGGERER_MODULE, install_safely))
     return "installs when the triggerer starts"
 
 
