@@ -18,6 +18,26 @@ from include.dbt_platform.runtime.scheduler_wakeup import NAME, SchedulerTime, W
 from tests.harness import run_python
 
 
+@pytest.fixture(autouse=True)
+def _drop_test_dags():
+    """The DAGs a test ran (``one_task_run``) leave the metadata database with their runs."""
+    yield
+    from airflow.api.common.delete_dag import delete_dag
+
+    while RAN:
+        delete_dag(RAN.pop(), keep_records_in_log=False)
+
+
+RAN: list[str] = []
+
+
+def admin_sql(sql: str, params: dict | None = None):
+    from airflow import settings
+
+    with settings.get_engine().begin() as conn:
+        return conn.execute(text(sql), params or {})
+
+
 @pytest.fixture
 def waker():
     waker = Waker()
@@ -54,6 +74,7 @@ def one_task_run(folder) -> tuple[str, str]:
     from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
 
     dag_id = f"wakeup_{uuid.uuid4().hex[:8]}"
+    RAN.append(dag_id)
     (folder / f"{dag_id}.py").write_text(ONE_TASK_DAG.format(dag_id=dag_id))
     bag = DagBag(dag_folder=str(folder))
     sync_bag_to_db(bag, "dags-folder", None)
@@ -139,7 +160,7 @@ def test_the_trigger_names_no_column_so_airflows_migrations_can_alter_the_tables
     assert depends_on_columns == 0
 
 
-def test_a_process_forked_from_the_scheduler_leaves_its_connection_alone(waker, tmp_path):
+def test_a_process_forked_from_the_scheduler_leaves_its_connection_alone(waker):
     pid = os.fork()
     if pid == 0:  # the child: plain sleeps; closing its copy says nothing to the server
         unused = waker._listening() is None
@@ -147,7 +168,7 @@ def test_a_process_forked_from_the_scheduler_leaves_its_connection_alone(waker, 
         os._exit(0 if unused else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    one_task_run(tmp_path)  # the parent still listens
+    admin_sql(f"notify {scheduler_wakeup.CHANNEL}")  # the parent still listens
     waker.sleep(60)
     assert waker.wakeups >= 1
 
@@ -160,7 +181,7 @@ def test_the_patch_goes_onto_airflows_scheduler_loop_and_comes_off():
     assert scheduler_wakeup.install(waker) == "installed"
     try:
         assert isinstance(runner.time, SchedulerTime) and runner.time.waker is waker
-        assert runner.time.monotonic() <= time.monotonic()  # the rest of the time module, unchanged
+        assert runner.time.monotonic is time.monotonic  # the rest of the time module, unchanged
     finally:
         scheduler_wakeup.uninstall()
     assert runner.time is time
@@ -216,3 +237,52 @@ def test_without_a_connection_the_sleep_is_a_plain_sleep_and_one_warning(caplog)
         slept = time.monotonic() - began
     assert slept >= 0.4 and waker.wakeups == 0
     assert caplog.text.count("Scheduler wake-up not listening") == 1
+
+
+def test_a_lost_connection_is_one_warning_then_it_listens_again(waker, monkeypatch, caplog):
+    monkeypatch.setattr(scheduler_wakeup, "RECONNECT_SECONDS", 0.0)
+    old = waker._conn.get_backend_pid()
+    admin_sql("select pg_terminate_backend(:pid)", {"pid": old})
+    with caplog.at_level(logging.INFO):
+        waker.sleep(1)  # the server closed it: one warning, a plain sleep
+        waker.sleep(0)  # connects again (no second install: only LISTEN and the self-check)
+    assert caplog.text.count("Scheduler wake-up not listening") == 1
+    assert "listening again" in caplog.text
+    assert waker._conn is not None and waker._conn.get_backend_pid() != old
+    admin_sql(f"notify {scheduler_wakeup.CHANNEL}")
+    waker.sleep(60)
+    assert waker.wakeups >= 1
+
+
+def test_installing_never_waits_on_a_busy_table_it_retries_later(monkeypatch, caplog):
+    # Creating a trigger locks the table against writes: behind a long writer, a scheduler waiting
+    # for that lock would hold up every later write (the API server's). It gives up within
+    # LOCK_TIMEOUT and tries again; meanwhile it sleeps as stock.
+    from airflow import settings
+
+    monkeypatch.setattr(scheduler_wakeup, "RECONNECT_SECONDS", 0.0)
+    scheduler_wakeup.remove()
+    waker = Waker()
+    try:
+        with settings.get_engine().connect() as busy:
+            busy.execute(text("lock table dag_run in row exclusive mode"))  # a writer, mid-transaction
+            with caplog.at_level(logging.WARNING):
+                waker.sleep(0.2)
+            assert waker._conn is None and waker.given_up is None
+            assert "LockNotAvailable" in caplog.text or "lock timeout" in caplog.text
+            busy.rollback()
+        waker.sleep(0)  # the writer is done: installs, listens
+        assert waker._conn is not None
+    finally:
+        waker.close()
+    (installed,) = admin_sql(scheduler_wakeup.installed_sql()).fetchone()
+    assert installed == 2
+
+
+def test_a_database_that_cannot_take_the_trigger_is_given_up_with_one_warning(caplog):
+    waker = Waker(schema="no_such_schema")  # as a missing privilege or PostgreSQL 13 would: no retry
+    with caplog.at_level(logging.WARNING):
+        waker.sleep(0.1)
+        waker.sleep(0.1)
+    assert waker.given_up is not None and "no_such_schema" in waker.given_up
+    assert caplog.text.count("Scheduler sleeps as stock") == 1

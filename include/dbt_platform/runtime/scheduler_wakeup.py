@@ -11,36 +11,44 @@ waited for the rest of that sleep: from a task's end to its successor being sche
 trigger on the metadata database notifies ``dbt_platform_scheduler`` when a task instance reaches a
 state that can make another one schedulable (:data:`WAKING_STATES`) and when a DAG run is created.
 A scheduler with nothing to do loops exactly as often as before (nothing notifies it); one with
-something to do starts on it at once. Every writer of those states is covered (the API server for
-tasks, the triggerer, the scheduler, a person clearing a task), with any executor, and with two
-schedulers (both listen). Two kinds of change do not wake it, and are seen at its next loop as
-before: ``scheduled``, which the scheduler sets itself every time it schedules (it would wake itself
-for nothing), and a task ending in the triggerer (it was deferred): the node tasks of a
-transformation DAG end there by the hundreds while its build runs, and a loop for each would take
-CPU from the build.
+something to do starts on it at once, at most one woken loop per :data:`MIN_WAKE_GAP`. It hears a
+task that ends on a worker (the API server writes its state), a task the scheduler itself fails or
+skips, a task marked success or failed in the UI, and a new DAG run, with any executor and with two
+schedulers (both listen). It does not hear, and sees at its next loop as before: ``scheduled``,
+which the scheduler sets itself every time it schedules (it would wake itself for nothing), a
+cleared task (its state goes back to none), and a task that ends in the triggerer (it was
+deferred): the node tasks of a transformation DAG end there by the hundreds while its build runs,
+and a loop for each would take CPU from the build.
 
 The function and its two triggers (all named ``dbt_platform_wake_scheduler``) are created by the
-scheduler when it first sleeps, as the metadata database's owner, under an advisory lock (two
-schedulers starting together). Their definitions name no column and the function reads the rows
-through ``to_jsonb``, so Airflow's migrations can still alter the tables, and a renamed column makes
-it wake nothing rather than fail an update (after an upgrade the guard below refuses, nothing
-listens, and the trigger stays, harmless). To remove them, switch the wake-up off in every scheduler
-(``DBT_PLATFORM_SCHEDULER_WAKEUP=off``; a scheduler that starts with it on creates them again), then::
+first scheduler that finds them missing or out of date (a catalog read; their version is in the
+function's body), with the role Airflow connects as (the tables' owner, as for migrations), under an
+advisory lock and a short lock timeout: creating a trigger locks the table against writes for a
+moment, and a scheduler that cannot get the lock within :data:`LOCK_TIMEOUT` says so and retries
+later rather than hold up the API server's writes. Their definitions name no column and the
+function reads rows through ``to_jsonb``, so Airflow's migrations can still alter the tables, and a
+renamed column cannot make an update fail. Their cost stays when nothing listens (a switched-off
+or refused wake-up): the function runs on every update of a task instance (heartbeats included;
+it converts the new row to JSON and returns unless the state is a waking one), and each task end
+sends a notification. ``python -m include.dbt_platform.runtime.scheduler_wakeup --remove`` drops
+them (switch the wake-up off in every scheduler first: one that starts with it on creates them
+again).
 
-    DROP TRIGGER dbt_platform_wake_scheduler ON task_instance;
-    DROP TRIGGER dbt_platform_wake_scheduler ON dag_run;
-    DROP FUNCTION dbt_platform_wake_scheduler();
-
-Guarded like the triggerer patch: only on the Airflow versions it was written against
-(:data:`PATCHED_AIRFLOW`), where the loop's sleep is the expected line (:data:`EXPECTED_SLEEP`), and
-on PostgreSQL through psycopg2; anywhere else, or switched off, the scheduler sleeps as stock and
-says why once. A lost connection is one warning and plain sleeps until it reconnects (tried at most
-every :data:`RECONNECT_SECONDS`). Processes forked from the scheduler never use its connection, and
-their copy of its socket is pointed at /dev/null as they start.
+After ``LISTEN`` the scheduler notifies itself and waits for it (:data:`PROBE_SECONDS`), and again
+every :data:`CHECK_EVERY_SECONDS`: a connection that cannot hear (PgBouncer in transaction pooling,
+as the Helm chart sets up by default, or a connection silently dropped) is found, said once, and
+the scheduler sleeps as stock. Guarded like the triggerer patch: only on the Airflow versions it was
+written against (:data:`PATCHED_AIRFLOW`), where the loop's sleep is the expected line
+(:data:`EXPECTED_SLEEP`), and on PostgreSQL through psycopg2; anywhere else, or with
+``DBT_PLATFORM_SCHEDULER_WAKEUP=off``, the scheduler sleeps as stock and says why once. A lost
+connection is one warning and plain sleeps until it reconnects (tried every
+:data:`RECONNECT_SECONDS`). Processes forked from the scheduler never use its connection, and their
+copy of its socket is pointed at /dev/null as they start.
 """
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import logging
 import os
@@ -51,7 +59,7 @@ import weakref
 
 from include.dbt_platform.runtime import PatchAfterImport, airflow_command
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("include.dbt_platform.runtime.scheduler_wakeup")  # also when run as __main__
 
 SWITCH = "DBT_PLATFORM_SCHEDULER_WAKEUP"
 SCHEDULER_MODULE = "airflow.jobs.scheduler_job_runner"
@@ -59,6 +67,8 @@ PATCHED_AIRFLOW = ("3.3.",)
 EXPECTED_SLEEP = "time.sleep(min(self._scheduler_idle_sleep_time, next_event or 0))"
 CHANNEL = "dbt_platform_scheduler"
 NAME = "dbt_platform_wake_scheduler"
+VERSION = "dbt-platform scheduler wake-up v1"  # in the function's body: a changed function is re-created
+PROBE = "probe"
 WAKING_STATES = (
     "success",
     "failed",
@@ -68,33 +78,93 @@ WAKING_STATES = (
     "up_for_reschedule",
     "removed",
 )
+MIN_WAKE_GAP = 0.05
 RECONNECT_SECONDS = 30.0
+PROBE_SECONDS = 2.0
+CHECK_EVERY_SECONDS = 300.0
+LOCK_TIMEOUT = "500ms"  # under PostgreSQL's deadlock_timeout (1 s): never the one a deadlock check aborts
 
-INSTALL_SQL = f"""
+
+class CannotListen(Exception):
+    """Nothing to retry: this connection or database cannot serve the wake-up."""
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def _schema() -> str:
+    from airflow.configuration import conf
+
+    return conf.get("database", "sql_alchemy_schema", fallback="") or ""
+
+
+def _names(schema: str) -> tuple[str, str, str]:
+    """The function, task_instance and dag_run, qualified by Airflow's schema when it has one."""
+    prefix = f"{_quote(schema)}." if schema else ""
+    return f"{prefix}{NAME}", f"{prefix}task_instance", f"{prefix}dag_run"
+
+
+def install_sql(schema: str = "") -> str:
+    function, task_instance, dag_run = _names(schema)
+    states = ", ".join(f"'{s}'" for s in WAKING_STATES)
+    return f"""
+SET LOCAL lock_timeout = '{LOCK_TIMEOUT}';
 SELECT pg_advisory_xact_lock(hashtext('{NAME}'));
-CREATE OR REPLACE FUNCTION {NAME}() RETURNS trigger LANGUAGE plpgsql AS $$
+LOCK TABLE {dag_run}, {task_instance} IN SHARE ROW EXCLUSIVE MODE;
+CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    after jsonb;
-    before jsonb;
+    state text;
 BEGIN
+    -- {VERSION}. Rows are read through to_jsonb: a migration that renames a column cannot make an
+    -- update fail here.
     IF TG_OP = 'INSERT' THEN
         PERFORM pg_notify('{CHANNEL}', '');
         RETURN NULL;
     END IF;
-    -- Columns read through to_jsonb: a migration that renames one makes this a no-op, never an error.
-    after := to_jsonb(NEW);
-    before := to_jsonb(OLD);
-    IF after ->> 'state' IN ({", ".join(f"'{s}'" for s in WAKING_STATES)})
-       AND after ->> 'state' IS DISTINCT FROM before ->> 'state'
-       AND before ->> 'trigger_id' IS NULL THEN
+    state := to_jsonb(NEW) ->> 'state';
+    IF state IS NULL OR state NOT IN ({states}) THEN
+        RETURN NULL;
+    END IF;
+    IF state IS DISTINCT FROM to_jsonb(OLD) ->> 'state' AND to_jsonb(OLD) ->> 'trigger_id' IS NULL THEN
         PERFORM pg_notify('{CHANNEL}', '');
     END IF;
     RETURN NULL;
 END
 $$;
-CREATE OR REPLACE TRIGGER {NAME} AFTER UPDATE ON task_instance FOR EACH ROW EXECUTE FUNCTION {NAME}();
-CREATE OR REPLACE TRIGGER {NAME} AFTER INSERT ON dag_run FOR EACH ROW EXECUTE FUNCTION {NAME}();
+CREATE OR REPLACE TRIGGER {NAME} AFTER INSERT ON {dag_run} FOR EACH ROW EXECUTE FUNCTION {function}();
+CREATE OR REPLACE TRIGGER {NAME} AFTER UPDATE ON {task_instance} FOR EACH ROW EXECUTE FUNCTION {function}();
 """
+
+
+def remove_sql(schema: str = "") -> str:
+    function, task_instance, dag_run = _names(schema)
+    return f"""
+SET LOCAL lock_timeout = '5s';
+DROP TRIGGER IF EXISTS {NAME} ON {dag_run};
+DROP TRIGGER IF EXISTS {NAME} ON {task_instance};
+DROP FUNCTION IF EXISTS {function}();
+"""
+
+
+def installed_sql(schema: str = "") -> str:
+    """Both triggers, calling this version of the function (catalog reads: no table lock)."""
+    _, task_instance, dag_run = _names(schema)
+    return f"""
+SELECT count(*) FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
+WHERE t.tgname = '{NAME}' AND p.proname = '{NAME}' AND position('{VERSION}' in p.prosrc) > 0
+  AND t.tgrelid IN (to_regclass('{task_instance.replace("'", "''")}'), to_regclass('{dag_run.replace("'", "''")}'))
+"""
+
+
+def _driver_supported() -> str | None:
+    from airflow.configuration import conf
+
+    url = conf.get("database", "sql_alchemy_conn", fallback="") or ""
+    scheme = url.split("://", 1)[0]
+    if scheme not in ("postgresql", "postgresql+psycopg2", "postgres"):
+        return f"needs PostgreSQL through psycopg2, the metadata database is `{scheme}`"
+    return None
 
 
 def metadata_connection():
@@ -103,7 +173,7 @@ def metadata_connection():
 
     engine = settings.get_engine()
     if (engine.dialect.name, engine.dialect.driver) != ("postgresql", "psycopg2"):
-        raise RuntimeError(
+        raise CannotListen(
             f"needs PostgreSQL through psycopg2, not {engine.dialect.name}+{engine.dialect.driver}"
         )
     pooled = engine.raw_connection()
@@ -112,57 +182,124 @@ def metadata_connection():
     return conn
 
 
+def _permanent(err: Exception) -> bool:
+    """An error no retry helps: a missing privilege or feature, a syntax error (PostgreSQL < 14)."""
+    import psycopg2
+
+    return isinstance(
+        err, CannotListen | psycopg2.ProgrammingError | psycopg2.NotSupportedError
+    ) and not isinstance(err, psycopg2.errors.LockNotAvailable)
+
+
 class Waker:
     """A sleep that ends early when the metadata database notifies :data:`CHANNEL`."""
 
-    def __init__(self, connect=metadata_connection) -> None:
+    def __init__(self, connect=metadata_connection, schema: str | None = None) -> None:
         self._connect = connect
+        self._schema = schema
         self._conn = None
-        self._owner = os.getpid()
+        self._owner = None  # the process that opened the connection
         self._retry_at = 0.0
+        self._checked_at = 0.0
+        self._last_wake = 0.0
+        self._installed = False
+        self._down_since: float | None = None
+        self.given_up: str | None = None
         self.wakeups = 0  # sleeps a notification ended
         me = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: (waker := me()) is not None and waker._forked())
 
     def sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + max(seconds, 0.0)
         conn = self._listening()
         if conn is None:
-            time.sleep(seconds)
+            time.sleep(max(deadline - time.monotonic(), 0.0))
             return
         try:
-            ready, _, _ = select.select([conn], [], [], max(seconds, 0.0))
-            if ready:
+            if time.monotonic() - self._checked_at > CHECK_EVERY_SECONDS:
+                try:
+                    self._probe(conn)
+                except CannotListen as err:  # it heard before: the connection went, reconnect
+                    raise ConnectionError(str(err)) from None
+            while not self._take_notifications(conn):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                ready, _, _ = select.select([conn], [], [], left)
+                if not ready:
+                    return
                 conn.poll()
-                if conn.notifies:
-                    self.wakeups += 1
-                    conn.notifies.clear()
         except Exception as err:  # the connection broke: plain sleeps until it is back
             self._lost(err)
+            time.sleep(max(deadline - time.monotonic(), 0.0))
+            return
+        pause = min(self._last_wake + MIN_WAKE_GAP, deadline) - time.monotonic()
+        if pause > 0:  # at most one woken loop per MIN_WAKE_GAP
+            time.sleep(pause)
+        self._last_wake = time.monotonic()
+        self.wakeups += 1
+
+    @staticmethod
+    def _take_notifications(conn) -> bool:
+        """Whether a notification other than a probe arrived (all are consumed)."""
+        woken = any(n.payload != PROBE for n in conn.notifies)
+        conn.notifies.clear()
+        return woken
+
+    def _probe(self, conn) -> None:
+        """Notify ourselves and hear it, or raise CannotListen."""
+        with conn.cursor() as cur:
+            cur.execute(f"NOTIFY {CHANNEL}, '{PROBE}'")
+        deadline = time.monotonic() + PROBE_SECONDS
+        while not any(n.payload == PROBE for n in conn.notifies):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise CannotListen(
+                    f"a notification sent on this connection did not come back within {PROBE_SECONDS:.0f} s "
+                    "(PgBouncer in transaction pooling, or a dropped connection?)"
+                )
+            if select.select([conn], [], [], left)[0]:
+                conn.poll()
+        conn.notifies[:] = [n for n in conn.notifies if n.payload != PROBE]
+        self._checked_at = time.monotonic()
 
     def _listening(self):
-        if os.getpid() != self._owner:  # a process forked from the scheduler: not its connection
+        if self.given_up is not None:
             return None
-        if self._conn is not None and not self._conn.closed:
-            return self._conn
+        if self._conn is not None:
+            if os.getpid() != self._owner:  # a process forked from the scheduler: not its connection
+                return None
+            if not self._conn.closed:
+                return self._conn
         if time.monotonic() < self._retry_at:
             return None
         conn = None
         try:
             conn = self._connect()
-            conn.autocommit = False
-            with conn.cursor() as cur:
-                cur.execute(INSTALL_SQL)
-            conn.commit()
+            schema = _schema() if self._schema is None else self._schema
+            if not self._installed:
+                conn.autocommit = False
+                with conn.cursor() as cur:
+                    cur.execute(installed_sql(schema))
+                    if cur.fetchone()[0] != 2:
+                        cur.execute(install_sql(schema))
+                conn.commit()
+                self._installed = True
             conn.autocommit = True
             with conn.cursor() as cur:
                 cur.execute(f"LISTEN {CHANNEL}")
+            self._probe(conn)
         except Exception as err:
             if conn is not None:
                 conn.close()
             self._lost(err)
             return None
-        self._conn = conn
-        log.info("Scheduler wakes when a task ends (LISTEN %s on the metadata database)", CHANNEL)
+        self._conn, self._owner = conn, os.getpid()
+        if self._down_since is not None:
+            log.info("Scheduler wake-up listening again after %.0f s", time.monotonic() - self._down_since)
+        else:
+            log.info("Scheduler wakes when a task ends (LISTEN %s on the metadata database)", CHANNEL)
+        self._down_since = None
         return conn
 
     def _forked(self) -> None:
@@ -179,17 +316,22 @@ class Waker:
             pass
 
     def _lost(self, err: Exception) -> None:
-        log.warning(
-            "Scheduler wake-up not listening (%r): it sleeps its idle sleep out; retried in %.0f s",
-            err,
-            RECONNECT_SECONDS,
-        )
         if self._conn is not None and os.getpid() == self._owner:
             try:
                 self._conn.close()
             except Exception:  # noqa: BLE001, S110 - already broken
                 pass
         self._conn = None
+        if _permanent(err):
+            self.given_up = repr(err)
+            log.warning("Scheduler sleeps as stock (no wake-up when a task ends): %r", err)
+        elif self._down_since is None:  # once per outage
+            self._down_since = time.monotonic()
+            log.warning(
+                "Scheduler wake-up not listening (%r): it sleeps its idle sleep out; retried every %.0f s",
+                err,
+                RECONNECT_SECONDS,
+            )
         self._retry_at = time.monotonic() + RECONNECT_SECONDS
 
     def close(self) -> None:
@@ -217,23 +359,22 @@ def unsupported(module) -> str | None:
 
     if not __version__.startswith(PATCHED_AIRFLOW):
         return f"written for Airflow {'/'.join(PATCHED_AIRFLOW)}x, this is {__version__}"
-    if getattr(module, "time", None) is not time and not isinstance(
-        getattr(module, "time", None), SchedulerTime
-    ):
+    if getattr(module, "time", None) is not time:
         return "the scheduler module's `time` is not the time module"
     if EXPECTED_SLEEP not in inspect.getsource(module.SchedulerJobRunner._run_scheduler_loop):
         return f"the scheduler loop no longer sleeps with `{EXPECTED_SLEEP}`"
-    return None
+    return _driver_supported()
 
 
 def install(waker: Waker | None = None) -> str:
     """Patch the imported scheduler module; returns what it did."""
     module = sys.modules[SCHEDULER_MODULE]
+    if isinstance(module.time, SchedulerTime):  # a task process forked from the scheduler: done already
+        return "installed"
     if reason := unsupported(module):
         log.warning("Scheduler sleeps as stock (no wake-up when a task ends): %s", reason)
         return f"not installed: {reason}"
-    if not isinstance(module.time, SchedulerTime):
-        module.time = SchedulerTime(waker or Waker())
+    module.time = SchedulerTime(waker or Waker())
     return "installed"
 
 
@@ -249,7 +390,8 @@ def install_in_scheduler(argv: list[str] | None = None) -> str:
     if airflow_command(argv)[:1] != ["scheduler"]:
         return "not the scheduler"
     if os.environ.get(SWITCH, "on").strip().lower() in {"off", "false", "0"}:
-        log.info("Scheduler sleeps as stock: %s=off", SWITCH)
+        # Airflow configures its logging after importing its local settings: say it on stderr.
+        print(f"dbt platform: scheduler sleeps as stock: {SWITCH}=off", file=sys.stderr, flush=True)
         return "switched off"
 
     def install_safely() -> None:
@@ -264,3 +406,31 @@ def install_in_scheduler(argv: list[str] | None = None) -> str:
     if not any(isinstance(f, PatchAfterImport) and f.module == SCHEDULER_MODULE for f in sys.meta_path):
         sys.meta_path.insert(0, PatchAfterImport(SCHEDULER_MODULE, install_safely))
     return "installs when the scheduler starts"
+
+
+def remove() -> None:
+    """Drop the function and its triggers from Airflow's metadata database (the configured one)."""
+    conn = metadata_connection()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(remove_sql(_schema()))
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="The scheduler wake-up's trigger in the metadata database.")
+    parser.add_argument("--remove", action="store_true", help="drop its function and triggers")
+    args = parser.parse_args(argv)
+    if not args.remove:
+        parser.error("nothing to do: --remove drops the function and its triggers")
+    import airflow  # noqa: F401 - configures Airflow's settings and its database engine
+
+    remove()
+    print(f"dropped {NAME} (function and triggers) from the metadata database")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
