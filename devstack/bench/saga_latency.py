@@ -4,7 +4,8 @@ Starts its own Airflow (`.local/bench_saga/`, API on the stack's port + 300, the
 uses), then, side by side in one run, triggers through the REST API `--runs` sagas (a 2-environment
 project each) and `--runs` runs of `bare_chain`, a DAG of as many no-op tasks as a saga runs on its
 happy path. For each it prints the run's wall time (run start to run end), each task's busy time and
-the gaps between tasks (the scheduler's latency), then a `SUMMARY` line. Nothing asserts a time.
+the gaps between tasks (the scheduler's latency), then a `SUMMARY` line, with the scheduler's own CPU
+while nothing ran, measured before the runs (``--idle-seconds``). Nothing asserts a time.
 It starts from a clean slate (no projects of earlier runs, whose DAGs would run beside it); the
 projects it creates are taken down at the end (databases, roles, connections, files).
 """
@@ -12,8 +13,10 @@ projects it creates are taken down at the end (databases, roles, connections, fi
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
+import time
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
 from devstack.airflow import (  # noqa: E402
+    component_pid,
     isolated_target,
     migrate_metadata_db,
     prepare_airflow_home,
@@ -96,13 +100,32 @@ def take_down(stack) -> None:
     conn.close()
 
 
-def run_both(stack, target, runs: int, environments: list[str]) -> dict[str, list[dict]]:
-    """``runs`` sagas and ``runs`` bare chains, interleaved: both see the same machine."""
+def idle_scheduler_cpu(stack, target, seconds: float) -> float:
+    """The scheduler's own CPU (its main process: the loop) while nothing runs, in % of one core."""
+    pid = component_pid(stack, target, "scheduler")
+    if pid is None:
+        return float("nan")
+
+    def cpu() -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+    time.sleep(5)  # the first parses settle
+    before, began = cpu(), time.monotonic()
+    time.sleep(seconds)
+    return 100 * (cpu() - before) / (time.monotonic() - began)
+
+
+def run_both(stack, target, runs: int, environments: list[str], idle_seconds: float) -> tuple[dict, float]:
+    """``runs`` sagas and ``runs`` bare chains, interleaved: both see the same machine. First, with
+    both DAGs loaded and nothing running yet (no project: no transformation DAG), the scheduler's
+    CPU while idle."""
     results: dict[str, list[dict]] = {SAGA: [], BARE: []}
     wait_healthy(stack, target)
     client = client_for(stack, target)
     for dag_id in (SAGA, BARE):
         client.wait_for_dag(dag_id)
+    idle = idle_scheduler_cpu(stack, target, idle_seconds)
     for _ in range(runs):
         name = f"{PREFIX}_{uuid.uuid4().hex[:8]}"
         conf = {"project_name": name, "owner": "bench@example.com", "description": "", "environments":
@@ -110,13 +133,16 @@ def run_both(stack, target, runs: int, environments: list[str]) -> dict[str, lis
                 "idempotency_key": None}  # fmt: skip
         results[SAGA].append(measure(client, SAGA, conf))
         results[BARE].append(measure(client, BARE, None))
-    return results
+    return results, idle
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--environments", default="dev,prod")
+    parser.add_argument(
+        "--idle-seconds", type=float, default=30.0, help="how long the idle scheduler's CPU is measured"
+    )
     add_airflow_env_option(parser)
     args = parser.parse_args(argv)
     overrides = airflow_env_overrides(parser, args.airflow_env)
@@ -138,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         migrate_metadata_db(stack, target)
         start_airflow(stack, target, extra_env={"AIRFLOW__CORE__DAGS_FOLDER": str(dags)} | overrides)
         try:
-            results = run_both(stack, target, args.runs, [e for e in args.environments.split(",") if e])
+            results, idle = run_both(
+                stack, target, args.runs, [e for e in args.environments.split(",") if e], args.idle_seconds
+            )
         finally:
             stop_airflow(stack, target)
             take_down(stack)
@@ -164,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         f"saga_gap_mean={med(saga, lambda r: statistics.mean(r['gaps'])):.3f}s "
         f"bare_wall={med(bare, lambda r: r['wall']):.2f}s "
         f"bare_gap_mean={med(bare, lambda r: statistics.mean(r['gaps'])):.3f}s "
-        f"failed={sum(r['state'] != 'success' for r in saga + bare)} runs={len(saga)}"
+        f"idle_scheduler_cpu={idle:.1f}% failed={sum(r['state'] != 'success' for r in saga + bare)} runs={len(saga)}"
     )
     return 0 if all(r["state"] == "success" for r in saga + bare) else 1
 
