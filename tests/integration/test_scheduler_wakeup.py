@@ -43,6 +43,11 @@ def waker():
     waker = Waker()
     waker.sleep(0)  # connects, installs the trigger, listens
     assert waker._conn is not None, "the waker could not listen on the metadata database"
+    (name,) = admin_sql(
+        "select application_name from pg_stat_activity where pid = :pid",
+        {"pid": waker._conn.get_backend_pid()},
+    ).fetchone()
+    assert name == scheduler_wakeup.APPLICATION_NAME  # what a DBA sees in pg_stat_activity
     yield waker
     waker.close()
 

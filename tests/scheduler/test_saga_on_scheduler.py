@@ -106,8 +106,8 @@ def test_rest_trigger_completes_and_a_reused_run_id_is_refused(client):
     with admin() as conn:
         listening = query(
             conn,
-            "select count(*) from pg_stat_activity where datname = %s and query = %s",
-            (LIVE_TARGET.metadata_db, f"LISTEN {scheduler_wakeup.CHANNEL}"),
+            "select count(*) from pg_stat_activity where datname = %s and application_name = %s",
+            (LIVE_TARGET.metadata_db, scheduler_wakeup.APPLICATION_NAME),
         )
     assert listening == [(1,)]
 

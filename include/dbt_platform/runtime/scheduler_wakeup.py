@@ -69,6 +69,7 @@ CHANNEL = "dbt_platform_scheduler"
 NAME = "dbt_platform_wake_scheduler"
 VERSION = "dbt-platform scheduler wake-up v1"  # in the function's body: a changed function is re-created
 PROBE = "probe"
+APPLICATION_NAME = "dbt-platform scheduler wake-up"  # how the connection shows in pg_stat_activity
 WAKING_STATES = (
     "success",
     "failed",
@@ -287,6 +288,7 @@ class Waker:
                 self._installed = True
             conn.autocommit = True
             with conn.cursor() as cur:
+                cur.execute("SELECT set_config('application_name', %s, false)", (APPLICATION_NAME,))
                 cur.execute(f"LISTEN {CHANNEL}")
             self._probe(conn)
         except Exception as err:
