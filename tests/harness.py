@@ -108,6 +108,23 @@ def run_python(code: str, env: dict[str, str] | None = None) -> subprocess.Compl
     return out
 
 
+def run_as_airflow_command(argv: list[str], version: str | None, probe: str, env=None) -> list[str]:
+    """What ``airflow <component>`` does, in a fresh interpreter: Airflow's settings import
+    ``airflow_local_settings`` (the plugins folder's, on sys.path) as ``import airflow`` runs; the CLI
+    imports the component's job runner afterwards (``probe``: that import and a ``print``).
+    ``version`` pretends another Airflow. Returns the last line printed and all the output."""
+    code = (
+        f"import sys; sys.argv = {argv!r}\n"
+        "import logging; logging.basicConfig(level=logging.INFO)\n"
+        "import airflow, airflow_local_settings\n"
+        "assert airflow_local_settings.__file__.endswith('plugins/airflow_local_settings.py')\n"
+        + (f"airflow.__version__ = {version!r}\n" if version else "")
+        + probe
+    )
+    out = run_python(code, env)
+    return [out.stdout.strip().splitlines()[-1], out.stdout + out.stderr]
+
+
 def query(conn, sql: str, params=None) -> list[tuple]:
     with conn.cursor() as cur:
         cur.execute(sql, params)

@@ -15,7 +15,7 @@ from sqlalchemy import text
 
 from include.dbt_platform.runtime import scheduler_wakeup
 from include.dbt_platform.runtime.scheduler_wakeup import NAME, SchedulerTime, Waker
-from tests.harness import run_python
+from tests.harness import run_as_airflow_command
 
 
 @pytest.fixture(autouse=True)
@@ -214,20 +214,15 @@ def test_on_another_airflow_the_scheduler_sleeps_as_stock_and_says_why(monkeypat
     ],
 )
 def test_a_stock_airflow_scheduler_gets_it_through_airflow_local_settings(argv, version, env, expected, says):
-    # What `airflow scheduler` does: Airflow's settings import airflow_local_settings (the plugins
-    # folder's, on sys.path) as `import airflow` runs; the CLI imports the job runner afterwards.
-    code = (
-        f"import sys; sys.argv = {argv!r}\n"
-        "import logging; logging.basicConfig(level=logging.INFO)\n"
-        "import airflow, airflow_local_settings\n"
-        "assert airflow_local_settings.__file__.endswith('plugins/airflow_local_settings.py')\n"
-        + (f"airflow.__version__ = {version!r}\n" if version else "")
-        + "import airflow.jobs.scheduler_job_runner as runner\n"
-        "print('patched' if type(runner.time).__name__ == 'SchedulerTime' else 'stock')\n"
+    last, output = run_as_airflow_command(
+        argv,
+        version,
+        "import airflow.jobs.scheduler_job_runner as runner\n"
+        "print('patched' if type(runner.time).__name__ == 'SchedulerTime' else 'stock')\n",
+        {"DBT_PLATFORM_WARM_DBT": "off", **env},  # no dbt warm-up in this scheduler
     )
-    out = run_python(code, {"DBT_PLATFORM_WARM_DBT": "off", **env})  # no dbt warm-up in this scheduler
-    assert out.stdout.strip().splitlines()[-1] == expected, out.stdout + out.stderr[-2000:]
-    assert says in out.stdout + out.stderr
+    assert last == expected, output[-2000:]
+    assert says in output
 
 
 def test_without_a_connection_the_sleep_is_a_plain_sleep_and_one_warning(caplog):

@@ -28,7 +28,7 @@ from airflow.triggers.base import BaseTrigger, StartTriggerArgs
 from include.dbt_platform.runtime import triggerer
 from include.dbt_platform.runtime.dag_cut import _Version
 from include.dbt_platform.runtime.triggerer import _send_serving_logs
-from tests.harness import build_manifest, copy_project, run_python
+from tests.harness import build_manifest, copy_project, run_as_airflow_command, run_python
 
 RUN_ID = "manual__2026-11-23T10:00:00+00:00"
 DAG_RUN = {
@@ -234,20 +234,15 @@ def test_the_launcher_patches_this_airflow_and_only_once():
 def test_a_stock_airflow_triggerer_patches_itself_through_airflow_local_settings(
     argv, version, env, expected, says
 ):
-    # What `airflow triggerer` does: Airflow's settings import airflow_local_settings (the plugins
-    # folder's, on sys.path) as `import airflow` runs; the CLI imports the job runner afterwards.
-    code = (
-        f"import sys; sys.argv = {argv!r}\n"
-        "import logging; logging.basicConfig(level=logging.INFO)\n"
-        "import airflow, airflow_local_settings\n"
-        "assert airflow_local_settings.__file__.endswith('plugins/airflow_local_settings.py')\n"
-        + (f"airflow.__version__ = {version!r}\n" if version else "")
-        + "from airflow.jobs.triggerer_job_runner import TriggerRunnerSupervisor as S\n"
-        "print('patched' if getattr(S._create_workload, '_dbt_platform_patch', False) else 'stock')\n"
+    last, output = run_as_airflow_command(
+        argv,
+        version,
+        "from airflow.jobs.triggerer_job_runner import TriggerRunnerSupervisor as S\n"
+        "print('patched' if getattr(S._create_workload, '_dbt_platform_patch', False) else 'stock')\n",
+        env,
     )
-    out = run_python(code, env)
-    assert out.stdout.strip().splitlines()[-1] == expected, out.stdout + out.stderr[-2000:]
-    assert says in out.stdout + out.stderr
+    assert last == expected, output[-2000:]
+    assert says in output
 
 
 def test_airflow_still_ignores_the_success_callback_requests_the_triggerer_drops():

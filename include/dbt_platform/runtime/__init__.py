@@ -53,3 +53,22 @@ class PatchAfterImport(importlib.abc.MetaPathFinder):
 
         spec.loader.exec_module = exec_module  # type: ignore[method-assign]
         return spec
+
+
+def install_when_imported(module: str, install, *, log, refused: str) -> str:
+    """Run ``install`` now if ``module`` is already imported, else right after it is (Airflow's
+    components import their job runners after its settings). An exception from ``install`` becomes
+    one warning on ``log`` (``refused``: what then runs stock), never a failed start."""
+
+    def install_safely() -> None:
+        try:
+            install()
+        except Exception as err:  # never keep an Airflow component from starting
+            log.warning("%s: %r", refused, err)
+
+    if module in sys.modules:
+        install_safely()
+        return "installed"
+    if not any(isinstance(f, PatchAfterImport) and f.module == module for f in sys.meta_path):
+        sys.meta_path.insert(0, PatchAfterImport(module, install_safely))
+    return "installs when it is imported"

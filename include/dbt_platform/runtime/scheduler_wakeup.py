@@ -57,7 +57,7 @@ import sys
 import time
 import weakref
 
-from include.dbt_platform.runtime import PatchAfterImport, airflow_command
+from include.dbt_platform.runtime import airflow_command, install_when_imported
 
 log = logging.getLogger("include.dbt_platform.runtime.scheduler_wakeup")  # also when run as __main__
 
@@ -187,9 +187,8 @@ def _permanent(err: Exception) -> bool:
     """An error no retry helps: a missing privilege or feature, a syntax error (PostgreSQL < 14)."""
     import psycopg2
 
-    return isinstance(
-        err, CannotListen | psycopg2.ProgrammingError | psycopg2.NotSupportedError
-    ) and not isinstance(err, psycopg2.errors.LockNotAvailable)
+    # (a busy table, LockNotAvailable, is an OperationalError: retried)
+    return isinstance(err, CannotListen | psycopg2.ProgrammingError | psycopg2.NotSupportedError)
 
 
 class Waker:
@@ -396,18 +395,9 @@ def install_in_scheduler(argv: list[str] | None = None) -> str:
         print(f"dbt platform: scheduler sleeps as stock: {SWITCH}=off", file=sys.stderr, flush=True)
         return "switched off"
 
-    def install_safely() -> None:
-        try:
-            install()
-        except Exception as err:  # never keep the scheduler from starting
-            log.warning("Scheduler sleeps as stock (no wake-up when a task ends): %r", err)
-
-    if SCHEDULER_MODULE in sys.modules:
-        install_safely()
-        return "installed"
-    if not any(isinstance(f, PatchAfterImport) and f.module == SCHEDULER_MODULE for f in sys.meta_path):
-        sys.meta_path.insert(0, PatchAfterImport(SCHEDULER_MODULE, install_safely))
-    return "installs when the scheduler starts"
+    return install_when_imported(
+        SCHEDULER_MODULE, install, log=log, refused="Scheduler sleeps as stock (no wake-up when a task ends)"
+    )
 
 
 def remove() -> None:

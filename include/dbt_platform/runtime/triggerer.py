@@ -68,7 +68,7 @@ import select
 import sys
 from typing import Any
 
-from include.dbt_platform.runtime import PatchAfterImport, airflow_command
+from include.dbt_platform.runtime import airflow_command, install_when_imported
 from include.dbt_platform.runtime.dag_cut import _CachingDagBag, _VersionCache
 
 log = logging.getLogger("include.dbt_platform.runtime.triggerer")  # also when run as __main__
@@ -287,18 +287,9 @@ def install_in_triggerer(argv: list[str] | None = None) -> str:
         log.info("Triggerer runs stock: DBT_PLATFORM_TRIGGERER_PATCH=off")
         return "switched off"
 
-    def install_safely() -> None:
-        try:
-            install()
-        except Exception as err:  # never keep the triggerer from starting
-            log.warning("Triggerer runs unpatched (each task gets the whole DAG): %r", err)
-
-    if TRIGGERER_MODULE in sys.modules:
-        install_safely()
-        return "installed"
-    if not any(isinstance(f, PatchAfterImport) and f.module == TRIGGERER_MODULE for f in sys.meta_path):
-        sys.meta_path.insert(0, PatchAfterImport(TRIGGERER_MODULE, install_safely))
-    return "installs when the triggerer starts"
+    return install_when_imported(
+        TRIGGERER_MODULE, install, log=log, refused="Triggerer runs unpatched (each task gets the whole DAG)"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
