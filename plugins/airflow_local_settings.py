@@ -11,20 +11,25 @@ process is left as it is. A deployment with its own ``$AIRFLOW_HOME/config/airfl
 (which Airflow finds first) adds the imports and the calls below to it instead.
 
 It also wakes ``airflow scheduler`` from its idle sleep when a task ends (a PostgreSQL notification;
-see ``include/dbt_platform/runtime/scheduler_wakeup.py``), so a task's successor starts at once.
+see ``include/dbt_platform/runtime/scheduler_wakeup.py``), so a task's successor starts at once,
+and has ``airflow api-server`` build the Task Execution API's routes as it starts rather than on
+the first task's call, which then waited 7–9 s (``include/dbt_platform/runtime/execution_api.py``).
 """
 
 import logging
 
 try:
     from include.dbt_platform.runtime import warm_dbt
+    from include.dbt_platform.runtime.execution_api import install_in_api_server
     from include.dbt_platform.runtime.scheduler_wakeup import install_in_scheduler
     from include.dbt_platform.runtime.triggerer import install_in_triggerer
 except ImportError as err:  # the project is not on PYTHONPATH: Airflow must still start
     logging.getLogger(__name__).warning(
-        "dbt platform: triggerer patch, scheduler wake-up and dbt preload not loaded: %s", err
+        "dbt platform: triggerer patch, scheduler wake-up, API server warm start and dbt preload not loaded: %s",
+        err,
     )
 else:
     install_in_triggerer()
     install_in_scheduler()
+    install_in_api_server()
     warm_dbt.install()

@@ -5,6 +5,8 @@
                   ``plugins/airflow_local_settings.py``
     scheduler_wakeup.py  the scheduler's idle sleep ends when a task ends (a PostgreSQL
                   notification), installed the same way
+    execution_api.py  the API server builds the Task Execution API's routes as it starts, not on
+                  the first task's call (which waited 7-9 s for them), installed the same way
     warm_dbt.py   dbt loaded once in the processes that fork task processes (the LocalExecutor
                   scheduler, Celery workers), installed the same way
     roles.py      the platform's Airflow roles and the stack's users
