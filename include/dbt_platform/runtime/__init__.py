@@ -57,20 +57,21 @@ class PatchAfterImport(importlib.abc.MetaPathFinder):
         return spec
 
 
-def install_when_imported(module: str, install, *, log, refused: str) -> str:
+def install_when_imported(module: str, install, *, log, refused: str):
     """Run ``install`` now if ``module`` is already imported, else right after it is (Airflow's
-    components import their job runners after its settings). An exception from ``install`` becomes
-    one warning on ``log`` (``refused``: what then runs stock), never a failed start."""
+        components import their job runners after its settings). An exception from ``install`` becomes
+        one warning on ``log`` (``refused``: what then runs stock), never a failed start. Returns what
+    ``install`` returned when it ran now, else that it installs on import."""
 
-    def install_safely() -> None:
+    def install_safely():
         try:
-            install()
+            return install()
         except Exception as err:  # never keep an Airflow component from starting
             log.warning("%s: %r", refused, err)
+            return f"not installed: {err!r}"
 
     if module in sys.modules:
-        install_safely()
-        return "installed"
+        return install_safely()
     if not any(isinstance(f, PatchAfterImport) and f.module == module for f in sys.meta_path):
         sys.meta_path.insert(0, PatchAfterImport(module, install_safely))
     return "installs when it is imported"
