@@ -57,10 +57,15 @@ class PatchAfterImport(importlib.abc.MetaPathFinder):
         return spec
 
 
+def switched_off(switch: str) -> bool:
+    """Whether the environment variable ``switch`` (default on) says off, false or 0."""
+    return os.environ.get(switch, "on").strip().lower() in {"off", "false", "0"}
+
+
 def install_when_imported(module: str, install, *, log, refused: str):
     """Run ``install`` now if ``module`` is already imported, else right after it is (Airflow's
-        components import their job runners after its settings). An exception from ``install`` becomes
-        one warning on ``log`` (``refused``: what then runs stock), never a failed start. Returns what
+    components import their job runners after its settings). An exception from ``install`` becomes
+    one warning on ``log`` (``refused``: what then runs stock), never a failed start. Returns what
     ``install`` returned when it ran now, else that it installs on import."""
 
     def install_safely():

@@ -27,11 +27,10 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import os
 import sys
 import time
 
-from include.dbt_platform.runtime import airflow_command, install_when_imported
+from include.dbt_platform.runtime import airflow_command, install_when_imported, switched_off
 
 log = logging.getLogger("include.dbt_platform.runtime.execution_api")
 
@@ -109,7 +108,7 @@ def install() -> str:
 def install_in_api_server() -> str:
     """Called by ``airflow_local_settings`` in every Airflow process (only API servers create the
     app it wraps). Returns what it did."""
-    if os.environ.get(SWITCH, "on").strip().lower() in {"off", "false", "0"}:
+    if switched_off(SWITCH):
         if airflow_command()[:1] == ["api-server"]:  # Airflow configures its logging after this
             print(
                 f"dbt platform: Task Execution API built on its first request: {SWITCH}=off", file=sys.stderr

@@ -57,7 +57,7 @@ import sys
 import time
 import weakref
 
-from include.dbt_platform.runtime import airflow_command, install_when_imported
+from include.dbt_platform.runtime import airflow_command, install_when_imported, switched_off
 
 log = logging.getLogger("include.dbt_platform.runtime.scheduler_wakeup")  # also when run as __main__
 
@@ -390,7 +390,7 @@ def install_in_scheduler(argv: list[str] | None = None) -> str:
     """Called by ``airflow_local_settings`` in every Airflow process. Returns what it did."""
     if airflow_command(argv)[:1] != ["scheduler"]:
         return "not the scheduler"
-    if os.environ.get(SWITCH, "on").strip().lower() in {"off", "false", "0"}:
+    if switched_off(SWITCH):
         # Airflow configures its logging after importing its local settings: say it on stderr.
         print(f"dbt platform: scheduler sleeps as stock: {SWITCH}=off", file=sys.stderr, flush=True)
         return "switched off"

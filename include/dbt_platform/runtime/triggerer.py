@@ -63,12 +63,11 @@ import ast
 import inspect
 import json
 import logging
-import os
 import select
 import sys
 from typing import Any
 
-from include.dbt_platform.runtime import airflow_command, install_when_imported
+from include.dbt_platform.runtime import airflow_command, install_when_imported, switched_off
 from include.dbt_platform.runtime.dag_cut import _CachingDagBag, _VersionCache
 
 log = logging.getLogger("include.dbt_platform.runtime.triggerer")  # also when run as __main__
@@ -283,7 +282,7 @@ def install_in_triggerer(argv: list[str] | None = None) -> str:
     """Called by ``airflow_local_settings`` in every Airflow process. Returns what it did."""
     if not is_triggerer_process(argv):
         return "not the triggerer"
-    if os.environ.get("DBT_PLATFORM_TRIGGERER_PATCH", "on").strip().lower() in {"off", "false", "0"}:
+    if switched_off("DBT_PLATFORM_TRIGGERER_PATCH"):
         log.info("Triggerer runs stock: DBT_PLATFORM_TRIGGERER_PATCH=off")
         return "switched off"
 

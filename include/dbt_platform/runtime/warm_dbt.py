@@ -39,13 +39,12 @@ warning and the process starts as usual (tasks then start cold).
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from include.dbt_platform.runtime import airflow_command
+from include.dbt_platform.runtime import airflow_command, switched_off
 
 log = logging.getLogger(__name__)
 SWITCH = "DBT_PLATFORM_WARM_DBT"
@@ -185,7 +184,7 @@ def install(argv: list[str] | None = None, executor: str | None = None) -> str:
     global _attempted
     if _attempted:
         return "already tried in this process or its parent"
-    if os.environ.get(SWITCH, "on").strip().lower() in {"off", "false", "0"}:
+    if switched_off(SWITCH):
         return "switched off"
     try:
         if not forks_task_processes(argv, executor):
