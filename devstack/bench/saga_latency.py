@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         old.unlink()
     for source in (REPO_ROOT / "dags").glob("*.py"):
         (dags / source.name).symlink_to(source)
-    happy_path_tasks = 12  # wait_for_turn, nine steps, complete_saga, report_outcome (compensate is skipped)
+    happy_path_tasks = 10  # the nine steps, report_outcome (compensate is skipped)
     (dags / "bare_chain.py").write_text(BARE_CHAIN.format(n=happy_path_tasks))
     stop_airflow(stack, target)
     with fresh_metadata(stack, target):

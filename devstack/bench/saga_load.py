@@ -39,7 +39,7 @@ from include.dbt_platform.config import get_settings  # noqa: E402
 
 SAGA = d.SAGA_DAG
 BARE = "bare_load"
-HAPPY_PATH_TASKS = 12  # wait_for_turn, the nine steps, complete_saga, report_outcome
+HAPPY_PATH_TASKS = 10  # the nine steps (the first waits for a turn, the last completes), report_outcome
 BARE_DAG = '''"""
 # `bare_load` — `make bench-saga`'s yardstick: {n} no-op tasks in a chain (devstack/bench/saga_load.py)
 """

@@ -13,9 +13,11 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg2
 import pytest
 
 from devstack.airflow import component_pid
@@ -25,7 +27,7 @@ from include.dbt_platform.runtime import scheduler_wakeup
 from include.dbt_platform.saga import journal as j
 from tests.harness import STACK, build_manifest, dag_run_lineage, query, wait_for
 from tests.saga_support import admin, inventory, journal, request, undo_completed_sagas, uniq
-from tests.scheduler.live import LIVE_SAGA_TIMEOUTS, LIVE_TARGET
+from tests.scheduler.live import LIVE_ENV, LIVE_SAGA_TIMEOUTS, LIVE_TARGET
 
 DAG_ID = "dbt_project_create"
 ALL_STEPS = [s.name for s in project_saga.definition().steps]
@@ -115,6 +117,30 @@ def test_rest_trigger_completes_and_a_reused_run_id_is_refused(client):
     assert status == 409
     status, body = client.trigger(DAG_ID, f"bad__{uuid.uuid4().hex[:8]}", request("Bad Name"))
     assert status == 400, body
+
+
+def test_a_requester_with_no_turn_free_waits_at_the_first_step_and_begins_nothing(client):
+    """The first step's task waits for a turn (rescheduled, no separate sensor task): here the
+    requester's turns are all held (fake turns of runs that do not exist), the run waits without
+    recording a saga, and goes through once they are given back."""
+    limit = int(LIVE_ENV["DBT_PLATFORM_SAGAS_PER_REQUESTER"])
+    held = [(DAG_ID, f"held__{uuid.uuid4().hex[:10]}", "admin") for _ in range(limit)]
+    dsn = journal().dsn
+    with closing(psycopg2.connect(dsn)) as conn, conn, conn.cursor() as cur:
+        cur.executemany("insert into saga.turns (dag_id, run_id, requester) values (%s, %s, %s)", held)
+    try:
+        run_id, saga_id = trigger(client, request(uniq("live_turn")))
+        wait_for_task_state(client, run_id, ALL_STEPS[0], "up_for_reschedule", timeout=60)
+        assert journal().get(saga_id) is None, "a run waiting for a turn begins nothing"
+        assert client.task_states(DAG_ID, run_id).get(ALL_STEPS[1]) is None
+    finally:
+        with closing(psycopg2.connect(dsn)) as conn, conn, conn.cursor() as cur:
+            cur.execute("delete from saga.turns where run_id = any(%s)", ([r for _, r, _ in held],))
+    run = client.wait_for_run(DAG_ID, run_id, timeout=300)
+    assert run["state"] == "success", client.explain(DAG_ID, run_id)
+    saga = journal().get(saga_id)
+    assert (saga.state, saga.requester) == (j.COMPLETED, "admin")
+    assert run_id not in [r for _, r, _ in journal().turns()], "the verdict gave the turn back"
 
 
 def scrape(url: str) -> dict[str, float]:

@@ -12,7 +12,12 @@ from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
-from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
+from airflow.sdk.exceptions import (
+    AirflowException,
+    AirflowFailException,
+    AirflowRescheduleException,
+    AirflowSkipException,
+)
 
 from include.dbt_platform.errors import PermanentError, RequestInvalid, TransientError
 from include.dbt_platform.saga import journal as j
@@ -20,7 +25,6 @@ from include.dbt_platform.saga.definition import RetryPolicy, SagaDefinition, St
 from include.dbt_platform.saga.engine import (
     OUTCOME_XCOM_KEY,
     compensate_saga,
-    complete_saga,
     report_outcome,
     run_step,
 )
@@ -97,10 +101,11 @@ def context(run_id: str, try_number: int = 1, **params) -> dict:
     }
 
 
-def drive(saga, run_id: str, **params) -> str:
-    """Run the forward steps in order, as the DAG would, until one fails for good."""
+def drive(saga, run_id: str, *, upto: int | None = None, **params) -> str:
+    """Run the forward steps in order (the first ``upto``: all, the last completing the saga), as the
+    DAG would, until one fails for good."""
     ctx = context(run_id, **params)
-    for step in saga.definition.steps:
+    for step in saga.definition.steps[:upto]:
         try:
             run_step(saga.definition, step, ctx)
         except AirflowFailException:
@@ -108,12 +113,16 @@ def drive(saga, run_id: str, **params) -> str:
     return j.saga_id_for(DAG_ID, run_id)
 
 
-def test_every_step_runs_in_order_with_the_parsed_request_then_completes(saga):
-    saga_id = drive(saga, "r1")
+def test_every_step_runs_in_order_with_the_parsed_request_and_the_last_one_completes(saga):
+    ctx = context("r1")
+    for step in saga.definition.steps[:-1]:
+        run_step(saga.definition, step, ctx)
+    saga_id = j.saga_id_for(DAG_ID, "r1")
+    assert saga.journal.get(saga_id).state == j.EXECUTING and saga.rec.completed == []
+    run_step(saga.definition, saga.definition.steps[-1], ctx)
     assert saga.rec.calls == [f"do {n}" for n in NAMES]
     assert {s.step_name: s.state for s in saga.journal.steps(saga_id)} == {n: j.SUCCEEDED for n in NAMES}
     assert saga.journal.step(saga_id, "first").result["request_seen"] == ("parsed", "ana")
-    complete_saga(saga.definition, context("r1"))
     assert saga.journal.get(saga_id).state == j.COMPLETED
     assert saga.rec.completed == [(saga_id, ("parsed", "ana"))]
     assert report_outcome(saga.definition, context("r1"))["state"] == j.COMPLETED
@@ -177,7 +186,7 @@ def test_a_failing_compensation_does_not_stop_the_others_and_only_the_last_attem
 
 
 def test_a_cleared_or_retried_step_that_already_succeeded_does_nothing(saga):
-    saga_id = drive(saga, "r5")
+    saga_id = drive(saga, "r5", upto=-1)  # not completed yet
     calls = list(saga.rec.calls)
     run_step(saga.definition, saga.definition.step("second"), context("r5", try_number=2))
     assert saga.rec.calls == calls
@@ -195,7 +204,6 @@ def test_a_compensated_saga_runs_no_further_step(saga):
 
 def test_the_same_idempotency_key_starts_no_second_saga_and_reports_the_first(saga):
     first = drive(saga, "r7", key="k1")
-    complete_saga(saga.definition, context("r7"))
     calls = list(saga.rec.calls)
     with pytest.raises(AirflowSkipException, match=first):
         run_step(saga.definition, saga.definition.steps[0], context("r8", key="k1"))
@@ -226,7 +234,10 @@ def test_the_task_graph_carries_each_steps_policy_and_one_verdict(saga):
         assert task.retry_exponential_backoff
     assert dag.get_task("second").execution_timeout == timedelta(seconds=7)
     assert definition.timeout == timedelta(seconds=60)
-    assert dag.get_task("third").downstream_task_ids == {"complete_saga", "compensate"}
+    assert dag.get_task("third").downstream_task_ids == {"report_outcome", "compensate"}
+    assert [t.task_id for t in dag.tasks] == [*NAMES, "compensate", "report_outcome"], (
+        "no task beyond the steps"
+    )
     assert dag.get_task("compensate").trigger_rule == TriggerRule.ONE_FAILED
     # A failure after the pivot goes forward: completion does not lead to compensation.
     assert dag.get_task("compensate").upstream_task_ids == set(NAMES)
@@ -248,7 +259,7 @@ def test_a_rejected_request_frees_its_idempotency_key_and_says_why(saga):
 
     del saga.rec.fail["check"]  # the corrected request, same key: a saga of its own, not a duplicate
     corrected = drive(saga, "r10", key="k9")
-    assert corrected != rejected and saga.journal.get(corrected).state == j.EXECUTING
+    assert corrected != rejected and saga.journal.get(corrected).state == j.COMPLETED
     assert saga.journal.get(corrected).idempotency_key == "k9"
 
 
@@ -269,20 +280,36 @@ def test_the_first_cause_is_kept_whatever_fails_later(saga):
     }  # fmt: skip
 
 
-def test_after_the_pivot_a_failure_is_retried_forward_never_compensated(saga):
-    saga_id = drive(saga, "r12", fault_injection={"step": "complete_saga", "mode": "permanent"})
-    calls = list(saga.rec.calls)
+def test_after_the_pivot_a_failing_completion_is_retried_forward_never_compensated(saga):
     definition = replace(saga.definition, fault_injection_enabled=lambda: True)
+    permanent = {"step": "complete_saga", "mode": "permanent"}
+    ctx = context("r12", fault_injection=permanent)
+    for step in definition.steps[:-1]:
+        run_step(definition, step, ctx)
     with pytest.raises(AirflowFailException, match="injected permanent fault in complete_saga"):
-        complete_saga(
-            definition, context("r12", fault_injection={"step": "complete_saga", "mode": "permanent"})
-        )
+        run_step(definition, definition.steps[-1], ctx)
+    saga_id = j.saga_id_for(DAG_ID, "r12")
+    assert saga.journal.step(saga_id, "third").state == j.SUCCEEDED
     assert saga.journal.get(saga_id).state == j.EXECUTING
-    # The run is over: its failure callback (or the recovery sweep) finishes the saga, forward.
-    assert recover_run(saga.definition, DAG_ID, "r12", reason="run ended failed") == []
+    calls = list(saga.rec.calls)
+    # The last step's task failed for good: its run's `compensate` (or the failure callback, or the
+    # recovery sweep) finishes the saga, forward.
+    assert compensate_saga(definition, saga_id, final_attempt=False, reason="a forward step failed") == []
     assert saga.journal.get(saga_id).state == j.COMPLETED
-    assert saga.rec.calls == calls, "nothing was undone"
+    assert saga.rec.calls == calls, "nothing was undone, nothing run again"
     assert saga.rec.completed == [(saga_id, ("parsed", "ana"))]
+    assert recover_run(saga.definition, DAG_ID, "r12", reason="run ended failed") == []
+
+    transient = {"step": "complete_saga", "mode": "transient", "times": 1}
+    ctx = context("r12t", fault_injection=transient)
+    for step in definition.steps[:-1]:
+        run_step(definition, step, ctx)
+    with pytest.raises(AirflowException, match="will retry"):
+        run_step(definition, definition.steps[-1], ctx)
+    calls = list(saga.rec.calls)
+    run_step(definition, definition.steps[-1], context("r12t", try_number=2, fault_injection=transient))
+    assert saga.rec.calls == calls, "the retry completes the saga without running the step again"
+    assert saga.journal.get(j.saga_id_for(DAG_ID, "r12t")).state == j.COMPLETED
 
 
 def test_a_compensation_waits_for_a_running_step_then_finishes(saga, monkeypatch):
@@ -364,18 +391,28 @@ def test_a_requester_beyond_their_sagas_waits_for_a_turn_instead_of_failing(saga
     from include.dbt_platform.saga.tasks import build_tasks
 
     limited = replace(saga.definition, per_requester=2, pool="sagas")
-    assert wait_for_turn(limited, context("t1")) and wait_for_turn(limited, context("t2"))
-    assert not wait_for_turn(limited, context("t3")), "a third saga of ana's waits"
+    first = limited.steps[0]
+    run_step(limited, first, context("t1"))
+    run_step(limited, first, context("t2"))
+    calls = list(saga.rec.calls)
+    before = datetime.now(UTC)
+    with pytest.raises(AirflowRescheduleException) as waiting:
+        run_step(limited, first, context("t3"))
+    assert waiting.value.reschedule_date >= before + timedelta(seconds=5), "it asks again later"
+    assert saga.journal.get(j.saga_id_for(DAG_ID, "t3")) is None and saga.rec.calls == calls, (
+        "a run that waits for a turn begins nothing"
+    )
     other = context("t4")
     other["dag_run"] = SimpleNamespace(triggering_user_name="bob")
     assert wait_for_turn(limited, other), "other requesters are not held up"
-    assert wait_for_turn(limited, context("t1")), "a turn taken is kept (a retried sensor)"
+    assert wait_for_turn(limited, context("t1")), "a turn taken is kept (a retried task)"
     with pytest.raises(AirflowFailException):  # the verdict gives the turn back, whatever it is
         report_outcome(limited, context("t1"))
-    assert wait_for_turn(limited, context("t3"))
+    run_step(limited, first, context("t3"))
+    assert saga.journal.get(j.saga_id_for(DAG_ID, "t3")).state == j.EXECUTING
     with DAG("unit_gate", schedule=None, start_date=datetime(2024, 1, 1, tzinfo=UTC)) as dag:
         build_tasks(limited)
-    gate = dag.get_task("wait_for_turn")
-    assert gate.mode == "reschedule" and gate.downstream_task_ids == {"check"}
-    # Saga work runs in the pool; waiting (for a turn, for a duplicate's original) holds no slot of it.
-    assert {t.task_id for t in dag.tasks if t.pool == "sagas"} == {*NAMES, "complete_saga", "compensate"}
+    assert "fewer than 2 sagas going" in dag.get_task("check").doc_md
+    # Saga work runs in the pool; waiting for a turn holds a slot only while it asks (rescheduled in
+    # between), waiting for a duplicate's original (the verdict) none.
+    assert {t.task_id for t in dag.tasks if t.pool == "sagas"} == {*NAMES, "compensate"}

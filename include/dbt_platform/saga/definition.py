@@ -64,12 +64,12 @@ class SagaDefinition:
     on_alert: Callable[[SagaRecord, list[str]], None] | None = None
     on_completed: Callable[[str, Any], None] | None = None
     fault_injection_enabled: Callable[[], bool] = lambda: False
-    # Retries of the bookkeeping tasks: complete_saga, compensate, report_outcome.
+    # Retries of the bookkeeping tasks: compensate, report_outcome.
     task_retry: RetryPolicy = field(default_factory=RetryPolicy)
     # The step after whose success the saga only goes forward (never compensated); None: no pivot.
     pivot: str | None = None
     # Back-pressure: runs at once (more are queued by Airflow), the pool of its tasks, and how many
-    # sagas one requester may have going (more wait at the first task, ``wait_for_turn``; 0: no limit).
+    # sagas one requester may have going (more wait at the first step's task, rescheduled; 0: no limit).
     max_active_runs: int = 16
     pool: str | None = None
     per_requester: int = 0

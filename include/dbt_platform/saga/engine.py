@@ -1,13 +1,17 @@
 """Running a saga: a step's task body, completion, compensation (newest first), the run's verdict.
 
-    validate_request >> step 2 >> ... >> step N >> complete_saga
+    step 1 >> step 2 >> ... >> step N
     compensate        (ONE_FAILED: runs only when a forward task failed; undoes in reverse order)
     report_outcome    (ALL_DONE, the only leaf that decides the run's state: success iff COMPLETED)
 
-(:mod:`.tasks` builds that graph.) State lives in the journal (:mod:`.journal`), not in Airflow task
-state, so a run that times out, is killed or is marked failed by hand is still finished by the DAG's
-failure callback or the recovery DAG, both of which call :func:`compensate_saga` (through
-:mod:`.recovery`).
+(:mod:`.tasks` builds that graph.) The first step's task also waits for the requester's turn
+(:func:`wait_for_turn`, rescheduled while there is none) and records the saga; the last step's task
+also completes it (:func:`_complete`). Every task of a saga's happy path is one of its steps: each
+task more costs the run a scheduling round trip (about 0.3 s here).
+
+State lives in the journal (:mod:`.journal`), not in Airflow task state, so a run that times out, is
+killed or is marked failed by hand is still finished by the DAG's failure callback or the recovery
+DAG, both of which call :func:`compensate_saga` (through :mod:`.recovery`).
 
 A step and a compensation of the same saga never run at the same time: each holds the saga's fence
 (:meth:`.journal.Journal.fence`) while it runs, and every journal transition is conditional on the
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from include.dbt_platform import boundaries
 from include.dbt_platform.errors import TransientError, Unavailable, classify
@@ -31,6 +35,8 @@ from include.dbt_platform.saga.faults import FaultInjector
 
 # How long a step or a compensation waits for the saga's fence before it retries (TransientError).
 FENCE_WAIT_SECONDS = 30.0
+# How often a run whose requester has no turn free asks again (its first task, rescheduled).
+TURN_POKE_INTERVAL = timedelta(seconds=5)
 OUTCOME_XCOM_KEY = "saga_outcome"
 
 log = logging.getLogger(__name__)
@@ -85,13 +91,13 @@ def requester_of(context: dict) -> str | None:
 
 
 def wait_for_turn(definition: SagaDefinition, context: dict) -> bool:
-    """The first task's check: whether this run's requester has a turn free (the sensor pokes again
-    later when not: the run waits, it does not fail). True at once when there is no limit."""
+    """Whether this run's requester has a turn free (idempotent per run). True at once when there is
+    no limit. The first step's task calls it first: without a turn it is rescheduled (the run waits,
+    holding no worker slot, and begins nothing); the run's verdict gives the turn back."""
     if not definition.per_requester:
         return True
     ti = context["ti"]
     journal = definition.journal()
-    journal.ensure_schema()
     requester = requester_of(context) or "(scheduled)"
     if journal.take_turn(ti.dag_id, ti.run_id, requester, definition.per_requester):
         return True
@@ -111,6 +117,10 @@ def run_step(definition: SagaDefinition, step: Step, context: dict) -> None:
     slog = saga_logger(saga_id)
     if step is definition.steps[0]:
         journal.ensure_schema()
+        if not wait_for_turn(definition, context):
+            from airflow.sdk.exceptions import AirflowRescheduleException
+
+            raise AirflowRescheduleException(datetime.now(UTC) + TURN_POKE_INTERVAL)
         begun = journal.begin(
             saga_id=saga_id,
             saga_name=definition.name,
@@ -130,10 +140,12 @@ def run_step(definition: SagaDefinition, step: Step, context: dict) -> None:
             metrics.report_active(definition.name, journal)
     try:
         with journal.fence(saga_id, FENCE_WAIT_SECONDS):
+            attempt = context["ti"].try_number
             _run_fenced(
-                definition, step, journal, saga_id, context["ti"].try_number, params, slog,
-                spans.task_attributes(context),
-            )  # fmt: skip
+                definition, step, journal, saga_id, attempt, params, slog, spans.task_attributes(context)
+            )
+            if step is definition.steps[-1]:
+                _complete(definition, journal, saga_id, _injector(definition, params), attempt)
     except TransientError as exc:  # the fence was busy, or the journal unreachable
         from airflow.sdk.exceptions import AirflowException
 
@@ -291,24 +303,28 @@ def _forward_spans(definition, journal, saga, step_name, attempt, wall, err, fin
         )  # fmt: skip
 
 
-def complete_saga(definition: SagaDefinition, context: dict) -> None:
-    _, _, saga_id = _ids(context)
-    journal = definition.journal()
-    with journal.fence(saga_id, FENCE_WAIT_SECONDS):
-        saga = journal.get(saga_id)
-        if saga is None or saga.state != j.EXECUTING:
-            return
-        try:
-            _injector(definition, dict(context["params"])).before_completion(context["ti"].try_number)
-            finish_forward(definition, journal, saga)
-        except Exception as exc:
-            from airflow.sdk.exceptions import AirflowFailException
+def _complete(
+    definition: SagaDefinition, journal: j.Journal, saga_id: str, fault: FaultInjector, attempt: int
+) -> None:
+    """The saga's completion, in the last step's task once the step succeeded (the fence held).
 
-            err = classify(exc)
-            if err.retryable:
-                raise
-            # No retry helps; the run fails and its failure callback (or the sweep) goes forward.
-            raise AirflowFailException(f"completing saga {saga_id}: {type(err).__name__}: {err}") from None
+    A retryable failure retries the task (the step, already succeeded, is not run again); one that
+    no retry helps fails it: past the pivot, ``compensate`` then goes forward and completes the saga
+    (as the failure callback and the recovery sweep would), it never undoes anything."""
+    saga = journal.get(saga_id)
+    if saga is None or saga.state != j.EXECUTING:
+        return
+    try:
+        fault.before_completion(attempt)
+        finish_forward(definition, journal, saga)
+    except Exception as exc:
+        from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+        err = classify(exc)
+        saga_logger(saga_id).error("completing the saga failed (%s): %s", type(err).__name__, err)
+        if err.retryable:
+            raise AirflowException(f"completing saga {saga_id}: {err} (will retry)") from None
+        raise AirflowFailException(f"completing saga {saga_id}: {type(err).__name__}: {err}") from None
 
 
 def compensate_saga(

@@ -15,8 +15,9 @@ with several effects) places the fault after the k-th effect instead of before t
 | ``crash_after_effect`` | the task process is SIGKILLed after the effect, before its result is recorded |
 | ``crash_between_statements`` | the task process is SIGKILLed at the k-th statement boundary (``after``, default 1) inside the effect (see :mod:`include.dbt_platform.boundaries`) |
 
-``{"step": "complete_saga", "mode": "permanent" | "transient"}`` fails the completion after the pivot
-(the saga must then go forward, never be compensated).
+``{"step": "complete_saga", "mode": "permanent" | "transient"}`` fails the saga's completion (done by
+the last step's task once the step succeeded): after the pivot the saga must then go forward, never
+be compensated.
 """
 
 from __future__ import annotations

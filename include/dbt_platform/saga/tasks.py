@@ -4,19 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from include.dbt_platform.saga import engine
 from include.dbt_platform.saga.definition import SagaDefinition
-from include.dbt_platform.saga.engine import (
-    compensate_task,
-    complete_saga,
-    report_outcome,
-    run_step,
-    wait_for_turn,
-)
+from include.dbt_platform.saga.engine import compensate_task, report_outcome, run_step
 from include.dbt_platform.saga.recovery import recover_run
 
 
 def build_tasks(definition: SagaDefinition) -> dict[str, Any]:
-    """Create the saga's tasks in the current DAG context and wire them."""
+    """Create the saga's tasks in the current DAG context and wire them: a task per step, in a chain
+    (the first also waits for the requester's turn, the last also completes the saga), then
+    ``compensate`` and ``report_outcome``."""
     from airflow.providers.standard.operators.python import PythonOperator
     from airflow.sdk import TriggerRule, chain
 
@@ -37,13 +34,6 @@ def build_tasks(definition: SagaDefinition) -> dict[str, Any]:
                 **pool,
             )
         )
-    complete_task = PythonOperator(  # noqa: AIR001 - complete_saga is the function it runs
-        task_id="complete_saga",
-        python_callable=_bind(complete_saga, definition),
-        retries=bookkeeping.retries,
-        retry_delay=bookkeeping.delay,
-        **pool,
-    )
     compensate = PythonOperator(  # noqa: AIR001 - name of the graph role
         task_id="compensate",
         python_callable=_bind(compensate_task, definition),
@@ -63,27 +53,20 @@ def build_tasks(definition: SagaDefinition) -> dict[str, Any]:
         doc_md="The run's verdict: succeeds only when the saga COMPLETED.",
     )
     if definition.per_requester:
-        from airflow.providers.standard.sensors.python import PythonSensor
-
-        gate = PythonSensor(
-            task_id="wait_for_turn",
-            python_callable=_bind(wait_for_turn, definition),
-            mode="reschedule",  # no worker slot is held while waiting
-            poke_interval=5,
-            timeout=definition.timeout.total_seconds(),
-            retries=bookkeeping.retries,
-            doc_md=f"Waits until the requester has fewer than {definition.per_requester} sagas going.",
-        )
-        gate >> forward[0]
-    chain(*forward, complete_task)
-    # Only the steps up to the pivot: a failure after it (or of complete_task) is retried forward by the
-    # failure callback and the recovery sweep, never compensated.
+        forward[0].doc_md = (
+            f"{forward[0].doc_md or ''}\n\nFirst waits, rescheduled every "
+            f"{engine.TURN_POKE_INTERVAL.total_seconds():.0f} s, until the requester has fewer than "
+            f"{definition.per_requester} sagas going."
+        ).strip()
+    chain(*forward)
+    # Only the steps up to the pivot: a failure after it is retried forward by the failure callback and
+    # the recovery sweep, never compensated.
     names = [s.name for s in definition.steps]
     last = names.index(definition.pivot) if definition.pivot else len(names) - 1
     for task in forward[: last + 1]:
         task >> compensate
-    [complete_task, compensate] >> outcome
-    return {"forward": forward, "complete": complete_task, "compensate": compensate, "outcome": outcome}
+    [forward[-1], compensate] >> outcome
+    return {"forward": forward, "compensate": compensate, "outcome": outcome}
 
 
 def _bind(fn, *args):
