@@ -71,8 +71,14 @@ def test_every_node_runs_in_the_triggerer_and_the_marts_start_the_downstream_dag
     assert tis["dbt_producer_watcher"]["hostname"], "the build itself ran on a worker"
     assert query(warehouse, "select count(*) from inventory_transforms.fct_users")[0][0] == 12
     # Lineage: each model's task has its START and COMPLETE, with the model's table as its output,
-    # though the task ended in the triggerer (the build emits them: transformations/lineage.py).
+    # though the task ended in the triggerer (the build's task emits them, once it has reported its
+    # state, from its callback: transformations/lineage.py, watcher/producer.py).
     models = ("stg_users", "stg_applications", "fct_users", "fct_applications")
+    wait_for(
+        lambda: len([e for e in lineage_events(DAG_ID, run) if "_model_build" in e["job"]["name"]]) >= 8,
+        60,
+        "each model task's START and COMPLETE in the lineage file",
+    )
     assert_model_lineage(lineage_events(DAG_ID, run), DAG_ID, {m: f"{m}_model_build" for m in models})
     # Tracing: the run is one trace; the build's dbt invocation has a span per model. The root span
     # is written by the DAG's success callback, which the dag-processor runs soon after.

@@ -199,6 +199,50 @@ def test_the_producer_publishes_the_freshness_check_with_the_build_results(tmp_p
     }
 
 
+def test_the_producer_sends_the_models_lineage_from_its_callbacks_once(tmp_path, monkeypatch):
+    """Airflow runs a task's callbacks after the task reported its state: the models' lineage is
+    sent from there (the run does not wait for it), once, beside the DAG author's own callbacks."""
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from airflow.sdk import DAG
+    from cosmos import ProfileConfig
+    from cosmos.operators.watcher import DbtProducerWatcherOperator
+
+    from include.dbt_platform.transformations import lineage
+    from include.dbt_platform.transformations.watcher.producer import (
+        AggregatingProducerOperator,
+        emit_pending_lineage,
+    )
+
+    (tmp_path / "profiles.yml").write_text("p: {}\n")
+    profile = ProfileConfig(
+        profile_name="p", target_name="t", profiles_yml_filepath=tmp_path / "profiles.yml"
+    )
+    own = []
+    with DAG("unit_lineage", schedule=None, start_date=datetime(2024, 1, 1, tzinfo=UTC)):
+        # As the DAG factory gets it: the producer Cosmos built, specialised.
+        producer = DbtProducerWatcherOperator(
+            project_dir=str(tmp_path), profile_config=profile, on_failure_callback=own.append
+        )
+    AggregatingProducerOperator.specialise(producer)
+    AggregatingProducerOperator.specialise(producer)  # idempotent
+    assert producer.on_success_callback == [emit_pending_lineage]
+    # After the DAG author's and Cosmos' own (its XCom backup on failure and retry).
+    assert producer.on_retry_callback[-1] is emit_pending_lineage
+    assert producer.on_failure_callback[0] == own.append
+    assert producer.on_failure_callback[-1] is emit_pending_lineage
+    sent = []
+    monkeypatch.setattr(lineage, "emit_node_events", lambda dag, context, events: sent.append(events))
+    events = SimpleNamespace(starts=[], completes=[], fails=[])
+    producer._pending_lineage = events  # what execute() leaves
+    for callback in producer.on_success_callback:
+        callback({"task": producer})
+    emit_pending_lineage({"task": producer})  # a second callback of the same try: nothing more
+    emit_pending_lineage({"task": SimpleNamespace()})  # the dag-processor's, for a dead process
+    assert sent == [events]
+
+
 class XComStore:
     """The producer's XComs, as the Execution API would store and return them."""
 

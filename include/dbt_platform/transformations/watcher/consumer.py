@@ -64,8 +64,7 @@ def run_consumers_in_triggerer(dag, poke_interval: float = 0.5) -> int:
     tests_per_model = producers[0].tests_per_model if producers else {}
     for task in dag.tasks:
         if isinstance(task, DbtProducerWatcherOperator):
-            # Cosmos has no hook to choose the producer's class: specialise the one it built.
-            task.__class__ = AggregatingProducerOperator
+            AggregatingProducerOperator.specialise(task)
             task.retries = 0  # a second build would be skipped by Cosmos anyway; the run just fails
             continue
         if not isinstance(task, BaseConsumerSensor) or not task.model_unique_id:
