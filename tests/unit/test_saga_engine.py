@@ -191,6 +191,13 @@ def test_a_cleared_or_retried_step_that_already_succeeded_does_nothing(saga):
     run_step(saga.definition, saga.definition.step("second"), context("r5", try_number=2))
     assert saga.rec.calls == calls
     assert saga.journal.step(saga_id, "second").state == j.SUCCEEDED
+    last = saga.definition.steps[-1]
+    run_step(saga.definition, last, context("r5"))
+    assert saga.journal.get(saga_id).state == j.COMPLETED
+    calls = list(saga.rec.calls)
+    # The last step's task retried after it completed the saga (its process died before it said so):
+    run_step(saga.definition, last, context("r5", try_number=2))
+    assert saga.rec.calls == calls and saga.rec.completed == [(saga_id, ("parsed", "ana"))]
 
 
 def test_a_compensated_saga_runs_no_further_step(saga):
@@ -413,6 +420,6 @@ def test_a_requester_beyond_their_sagas_waits_for_a_turn_instead_of_failing(saga
     with DAG("unit_gate", schedule=None, start_date=datetime(2024, 1, 1, tzinfo=UTC)) as dag:
         build_tasks(limited)
     assert "fewer than 2 sagas going" in dag.get_task("check").doc_md
-    # Saga work runs in the pool; waiting for a turn holds a slot only while it asks (rescheduled in
-    # between), waiting for a duplicate's original (the verdict) none.
-    assert {t.task_id for t in dag.tasks if t.pool == "sagas"} == {*NAMES, "compensate"}
+    # Saga work runs in the pool; waiting (for a turn: the first step, for a duplicate's original: the
+    # verdict) holds no slot of it.
+    assert {t.task_id for t in dag.tasks if t.pool == "sagas"} == {*NAMES[1:], "compensate"}

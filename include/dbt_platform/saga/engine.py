@@ -158,11 +158,15 @@ def _run_fenced(definition, step, journal, saga_id, attempt, params, slog, task=
     from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowTaskTimeout
 
     saga = journal.get(saga_id)
+    done = journal.step(saga_id, step.name).state == j.SUCCEEDED if saga is not None else False
+    if done and saga.state == j.COMPLETED:  # a retry after the last step's task completed the saga
+        slog.info("step %s already succeeded and the saga completed; nothing to do", step.name)
+        return
     if saga is None or saga.state != j.EXECUTING:
         raise AirflowFailException(
             f"saga {saga_id} is {saga.state if saga else 'unknown'}; not running {step.name}"
         )
-    if journal.step(saga_id, step.name).state == j.SUCCEEDED:
+    if done:
         slog.info("step %s already succeeded; nothing to do", step.name)
         return
     if not journal.step_started(saga_id, step.name, attempt):
@@ -309,8 +313,9 @@ def _complete(
     """The saga's completion, in the last step's task once the step succeeded (the fence held).
 
     A retryable failure retries the task (the step, already succeeded, is not run again); one that
-    no retry helps fails it: past the pivot, ``compensate`` then goes forward and completes the saga
-    (as the failure callback and the recovery sweep would), it never undoes anything."""
+    no retry helps fails it, and the saga is completed from outside the step: by ``compensate`` when
+    the last step is the pivot (it goes forward past the pivot, never undoes anything), else, as
+    before, by the DAG's failure callback or the recovery sweep."""
     saga = journal.get(saga_id)
     if saga is None or saga.state != j.EXECUTING:
         return

@@ -20,7 +20,10 @@ def build_tasks(definition: SagaDefinition) -> dict[str, Any]:
     bookkeeping = definition.task_retry
     pool = {"pool": definition.pool} if definition.pool else {}
     forward = []
-    for step in definition.steps:
+    for number, step in enumerate(definition.steps):
+        # The first step waits for the requester's turn when there is a limit: its checks, every few
+        # seconds, must not take the pool's slots from other sagas' work.
+        waits = number == 0 and bool(definition.per_requester)
         forward.append(
             PythonOperator(
                 task_id=step.name,
@@ -31,7 +34,7 @@ def build_tasks(definition: SagaDefinition) -> dict[str, Any]:
                 max_retry_delay=step.retry.max_delay,
                 execution_timeout=step.timeout,
                 doc_md=step.doc or None,
-                **pool,
+                **({} if waits else pool),
             )
         )
     compensate = PythonOperator(  # noqa: AIR001 - name of the graph role
