@@ -134,6 +134,9 @@ def airflow_env(stack: StackSettings, target: AirflowTarget) -> dict[str, str]:
         "AIRFLOW__API__PORT": str(target.api_port),
         "AIRFLOW__API__BASE_URL": target.api_url,
         "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2",
+        # A build task sends its models' lineage after it reported success (watcher/producer.py):
+        # Airflow ends a task's process that long after its success (default 20 s).
+        "AIRFLOW__CORE__TASK_SUCCESS_OVERTIME": "120",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
         "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(target.api_port + 10),
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(target.api_port + 11),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 from airflow.triggers.base import TaskFailedEvent, TaskSuccessEvent
@@ -232,8 +233,13 @@ def test_the_producer_sends_the_models_lineage_from_its_callbacks_once(tmp_path,
     assert producer.on_retry_callback[-1] is emit_pending_lineage
     assert producer.on_failure_callback[0] == own.append
     assert producer.on_failure_callback[-1] is emit_pending_lineage
-    sent = []
-    monkeypatch.setattr(lineage, "emit_node_events", lambda dag, context, events: sent.append(events))
+    sent, deadlines = [], []
+
+    def emit(dag, context, events, deadline):
+        sent.append(events)
+        deadlines.append(deadline - time.monotonic())
+
+    monkeypatch.setattr(lineage, "emit_node_events", emit)
     events = SimpleNamespace(starts=[], completes=[], fails=[])
     producer._pending_lineage = events  # what execute() leaves
     for callback in producer.on_success_callback:
@@ -241,6 +247,40 @@ def test_the_producer_sends_the_models_lineage_from_its_callbacks_once(tmp_path,
     emit_pending_lineage({"task": producer})  # a second callback of the same try: nothing more
     emit_pending_lineage({"task": SimpleNamespace()})  # the dag-processor's, for a dead process
     assert sent == [events]
+    # Within Airflow's task_success_overtime, which ends the process that long after a success.
+    from airflow.configuration import conf
+
+    overtime = conf.getfloat("core", "task_success_overtime")
+    assert overtime / 2 - 1 < deadlines[0] <= overtime - 5
+
+
+def test_the_models_lineage_stops_at_its_deadline_and_says_so(caplog):
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from include.dbt_platform.transformations import lineage
+
+    node = SimpleNamespace(unique_id="model.p.m")
+    event = SimpleNamespace(
+        job=SimpleNamespace(facets={"dbt_node": node}), run=SimpleNamespace(runId="r", facets={}),
+        eventTime="2026-01-01T00:00:00Z", inputs=[], outputs=[],
+    )  # fmt: skip
+    when = datetime(2026, 1, 1, tzinfo=UTC)
+    context = {
+        "dag_run": SimpleNamespace(
+            logical_date=when,
+            run_after=when,
+            clear_number=0,
+            conf={},
+            data_interval_start=when,
+            data_interval_end=when,
+        ),  # fmt: skip
+        "ti": SimpleNamespace(try_number=1),
+    }
+    dag = SimpleNamespace(dag_id="p", tasks=[], owner="me", tags=[])
+    events = SimpleNamespace(starts=[], completes=[event], fails=[])
+    assert lineage.emit_node_events(dag, context, events, deadline=time.monotonic() - 1) == 0
+    assert "out of time after 0 of 1 dbt node(s)" in caplog.text
 
 
 class XComStore:

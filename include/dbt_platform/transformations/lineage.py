@@ -8,7 +8,8 @@ dbt's manifest and run results, through OpenLineage's dbt integration). So:
   inputs and outputs. Nothing to add.
 - triggerer / watcher: one task (the producer) runs ``dbt build``; the node tasks end in the
   triggerer, where no listener runs. The provider's events for the producer carry every output
-  merged; this module adds, after the build, each model's (and snapshot's) own START and COMPLETE
+  merged; this module adds, after the build (from the producer's callbacks, once its state is
+  reported: ``watcher/producer.py``), each model's (and snapshot's) own START and COMPLETE
   or FAIL, as the job of the node's task (``<dag_id>.<task_id>``, child of the DAG run, like the
   provider's), at the times dbt ran it, with its inputs, output, SQL and dbt facets. A node task
   retried on a worker runs in LOCAL fashion: the provider emits for that try.
@@ -22,6 +23,7 @@ the node's task at the producer's try number (a cleared run clears both).
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -50,9 +52,10 @@ def node_tasks(dag: Any) -> dict[str, str]:
     return found
 
 
-def emit_node_events(dag: Any, context: Any, dbt_events: Any) -> int:
+def emit_node_events(dag: Any, context: Any, dbt_events: Any, deadline: float | None = None) -> int:
     """Emit each model's START and COMPLETE/FAIL as its own task's (see the module). Returns how many
-    events were sent. Never raises: lineage must not fail a build."""
+    events were sent. Never raises: lineage must not fail a build. Past ``deadline`` (a
+    ``time.monotonic()``), it stops and says how many models it left out."""
     if dbt_events is None:
         return 0
     try:
@@ -60,13 +63,13 @@ def emit_node_events(dag: Any, context: Any, dbt_events: Any) -> int:
 
         if is_disabled():
             return 0
-        return _emit(dag, context, dbt_events)
+        return _emit(dag, context, dbt_events, deadline)
     except Exception:  # noqa: BLE001 - lineage is best effort
         log.warning("could not emit the dbt nodes' OpenLineage events", exc_info=True)
         return 0
 
 
-def _emit(dag: Any, context: Any, dbt_events: Any) -> int:
+def _emit(dag: Any, context: Any, dbt_events: Any, deadline: float | None = None) -> int:
     from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.providers.openlineage.plugins.adapter import OpenLineageAdapter
     from airflow.providers.openlineage.utils.utils import get_task_parent_run_facet
@@ -89,7 +92,16 @@ def _emit(dag: Any, context: Any, dbt_events: Any) -> int:
         ends.setdefault(_unique_id(event) or "", []).append(event)
     starts = {e.run.runId: e.eventTime for e in dbt_events.starts}  # a start shares its end's run id
     sent = 0
-    for uid, events in ends.items():
+    for done, (uid, events) in enumerate(ends.items()):
+        if deadline is not None and time.monotonic() > deadline:
+            log.warning(
+                "OpenLineage: out of time after %s of %s dbt node(s); the others' events are not sent "
+                "(raise [core] task_success_overtime: Airflow ends the build task's process that long "
+                "after it succeeded)",
+                done,
+                len(ends),
+            )
+            return sent
         task_id = tasks.get(uid)
         if task_id is None:
             continue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from cosmos.operators._watcher.state import DbtNodeStatus, xcom_set_lock
@@ -86,13 +87,25 @@ class _RecordingTaskInstance:
 def emit_pending_lineage(context: Any) -> None:
     """The producer's callback (success, failure, retry): its build's per-model OpenLineage events,
     once. Nothing when there are none (a failure callback the dag-processor runs for a task process
-    that died, say)."""
+    that died, say). Once a task reported success, Airflow ends its process after
+    ``[core] task_success_overtime`` (20 s by default; the stack sets 120 s): the events stop a few
+    seconds before that, leaving room for the provider's own event of the task, and say so."""
     task = context.get("task")
     events = getattr(task, "_pending_lineage", None)
     if events is None:
         return
     task._pending_lineage = None
-    lineage.emit_node_events(task.dag, context, events)
+    lineage.emit_node_events(task.dag, context, events, deadline=time.monotonic() + _lineage_budget())
+
+
+def _lineage_budget() -> float:
+    try:
+        from airflow.configuration import conf
+
+        overtime = conf.getfloat("core", "task_success_overtime", fallback=20.0)
+    except Exception:  # noqa: BLE001 - Airflow's own default
+        overtime = 20.0
+    return max(overtime - 5.0, overtime / 2)
 
 
 def _callbacks(given: Any) -> list:
@@ -115,8 +128,9 @@ class AggregatingProducerOperator(DbtProducerWatcherOperator):
 
     Each model's own OpenLineage events (its task ends in the triggerer, where no listener runs:
     transformations/lineage.py) are sent by a callback of this task, :func:`emit_pending_lineage`:
-    Airflow runs a task's callbacks after it has reported the task's state, so the run does not wait
-    for them (4.4 s for a 500-model build here, when they were sent at the end of ``execute``).
+    Airflow runs a task's callbacks after it has reported a success (or a retry), so a run that
+    succeeds does not wait for them (4.4 s for a 500-model build here, when they were sent at the
+    end of ``execute``). A failure is reported when the task's process ends: then it waits.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
