@@ -110,6 +110,27 @@ def test_the_end_of_a_task_wakes_a_sleeping_scheduler_and_its_own_states_do_not(
     assert waker.wakeups == seen + 2
 
 
+def test_after_an_expensive_loop_it_sleeps_longer_and_a_task_end_still_wakes_it(waker, tmp_path):
+    """While loops are expensive (a big DAG run examined each time), the scheduler sleeps
+    BUSY_RATIO times as long as it was awake, at most MAX_IDLE_SLEEP; a notification still ends the
+    sleep at once. After a cheap loop the idle sleep is as configured."""
+    waker.sleep(0.5)  # drain what is on its way
+    assert waker.stretched(0.2) == 0.2, "a cheap loop: the idle sleep as configured"
+    time.sleep(0.35)  # an expensive loop
+    assert 0.7 <= waker.stretched(0.2) <= scheduler_wakeup.MAX_IDLE_SLEEP
+    started = time.monotonic()
+    waker.sleep(0.2)
+    assert time.monotonic() - started >= 0.6, "slept as long as twice the loop"
+    time.sleep(2)  # a very expensive loop: capped
+    assert waker.stretched(0.2) == scheduler_wakeup.MAX_IDLE_SLEEP
+    assert waker.stretched(0) == 0, "a timer that is due is not put off"
+    dag_id, run_id = one_task_run(tmp_path)  # its run and its task's end notify
+    time.sleep(2)
+    started, seen = time.monotonic(), waker.wakeups
+    waker.sleep(0.2)
+    assert waker.wakeups == seen + 1 and time.monotonic() - started < 0.5, "woken at once"
+
+
 def test_a_task_that_ends_in_the_triggerer_does_not_wake_it(waker, tmp_path):
     # A transformation DAG's node tasks end there by the hundreds during a build: seen at the next loop.
     from airflow import settings

@@ -10,8 +10,11 @@ waited for the rest of that sleep: from a task's end to its successor being sche
 :func:`install` makes that sleep a wait for a PostgreSQL notification, with the same timeout. A
 trigger on the metadata database notifies ``dbt_platform_scheduler`` when a task instance reaches a
 state that can make another one schedulable (:data:`WAKING_STATES`) and when a DAG run is created.
-A scheduler with nothing to do loops exactly as often as before (nothing notifies it); one with
-something to do starts on it at once, at most one woken loop per :data:`MIN_WAKE_GAP`. It hears a
+A scheduler with nothing to do loops as often as before (nothing notifies it); one with
+something to do starts on it at once, at most one woken loop per :data:`MIN_WAKE_GAP`. While its
+loops are expensive (a big DAG run is examined in every loop, all its task instances loaded), it
+sleeps :data:`BUSY_RATIO` times as long as it was awake, up to :data:`MAX_IDLE_SLEEP`: what notifies
+still wakes it at once, and what does not (a task ending in the triggerer) waits up to that long. It hears a
 task that ends on a worker (the API server writes its state), a task the scheduler itself fails or
 skips, a task marked success or failed in the UI, and a new DAG run, with any executor and with two
 schedulers (both listen). It does not hear, and sees at its next loop as before: ``scheduled``,
@@ -80,6 +83,11 @@ WAKING_STATES = (
     "removed",
 )
 MIN_WAKE_GAP = 0.05
+# While its loops are expensive (a big DAG run is examined every loop: all its task instances loaded),
+# the scheduler sleeps BUSY_RATIO times as long as it was awake, up to MAX_IDLE_SLEEP: a notification
+# still wakes it at once, and only what notifies no one (a task ending in the triggerer) waits longer.
+BUSY_RATIO = 2.0
+MAX_IDLE_SLEEP = 1.0
 RECONNECT_SECONDS = 30.0
 PROBE_SECONDS = 2.0
 CHECK_EVERY_SECONDS = 300.0
@@ -206,15 +214,30 @@ class Waker:
         self._down_since: float | None = None
         self.given_up: str | None = None
         self.wakeups = 0  # sleeps a notification ended
+        self._awake_since: float | None = None  # when the last sleep ended
         me = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: (waker := me()) is not None and waker._forked())
 
     def sleep(self, seconds: float) -> None:
+        try:
+            self._sleep(seconds)
+        finally:
+            self._awake_since = time.monotonic()
+
+    def stretched(self, seconds: float) -> float:
+        """The sleep asked for, longer after an expensive loop (see :data:`BUSY_RATIO`)."""
+        if seconds <= 0 or self._awake_since is None:
+            return max(seconds, 0.0)
+        awake = time.monotonic() - self._awake_since
+        return max(seconds, min(awake * BUSY_RATIO, MAX_IDLE_SLEEP))
+
+    def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + max(seconds, 0.0)
         conn = self._listening()
         if conn is None:
             time.sleep(max(deadline - time.monotonic(), 0.0))
             return
+        deadline = time.monotonic() + self.stretched(seconds)  # it hears what cannot wait
         try:
             if time.monotonic() - self._checked_at > CHECK_EVERY_SECONDS:
                 try:
