@@ -172,20 +172,23 @@ def test_a_source_past_error_after_keeps_every_node_that_reads_it_out_of_the_bui
     ]
 
 
+def stub_profile(folder):
+    """A Cosmos profile the operators can be built with (nothing here connects)."""
+    from cosmos import ProfileConfig
+
+    (folder / "profiles.yml").write_text("p: {}\n")
+    return ProfileConfig(profile_name="p", target_name="t", profiles_yml_filepath=folder / "profiles.yml")
+
+
 def test_the_producer_publishes_the_freshness_check_with_the_build_results(tmp_path):
     """Source statuses and the nodes skipped for a stale source go through the same chunks the
     triggers read (Cosmos pushes them to the task instance directly)."""
-    from cosmos import ProfileConfig
-
     from include.dbt_platform.transformations.watcher.producer import (
         AggregatingProducerOperator,
         _RecordingTaskInstance,
     )
 
-    (tmp_path / "profiles.yml").write_text("p: {}\n")
-    profile = ProfileConfig(
-        profile_name="p", target_name="t", profiles_yml_filepath=tmp_path / "profiles.yml"
-    )
+    profile = stub_profile(tmp_path)
     producer = AggregatingProducerOperator(project_dir=str(tmp_path), profile_config=profile)
     store = XComStore()
     producer._recorder = _RecordingTaskInstance(store, interval=3600)
@@ -207,7 +210,6 @@ def test_the_producer_sends_the_models_lineage_from_its_callbacks_once(tmp_path,
     from types import SimpleNamespace
 
     from airflow.sdk import DAG
-    from cosmos import ProfileConfig
     from cosmos.operators.watcher import DbtProducerWatcherOperator
 
     from include.dbt_platform.transformations import lineage
@@ -216,10 +218,7 @@ def test_the_producer_sends_the_models_lineage_from_its_callbacks_once(tmp_path,
         emit_pending_lineage,
     )
 
-    (tmp_path / "profiles.yml").write_text("p: {}\n")
-    profile = ProfileConfig(
-        profile_name="p", target_name="t", profiles_yml_filepath=tmp_path / "profiles.yml"
-    )
+    profile = stub_profile(tmp_path)
     own = []
     with DAG("unit_lineage", schedule=None, start_date=datetime(2024, 1, 1, tzinfo=UTC)):
         # As the DAG factory gets it: the producer Cosmos built, specialised.

@@ -13,11 +13,11 @@ state that can make another one schedulable (:data:`WAKING_STATES`) and when a D
 A scheduler with nothing to do loops as often as before (nothing notifies it); one with
 something to do starts on it at once, at most one woken loop per :data:`MIN_WAKE_GAP`. While its
 loops are expensive (a big DAG run is examined in every loop, all its task instances loaded), it
-sleeps :data:`BUSY_RATIO` times as long as it was awake, up to :data:`MAX_IDLE_SLEEP`: what notifies
-still wakes it at once, and what does not (a task ending in the triggerer) waits up to that long. It hears a
-task that ends on a worker (the API server writes its state), a task the scheduler itself fails or
-skips, a task marked success or failed in the UI, and a new DAG run, with any executor and with two
-schedulers (both listen). It does not hear, and sees at its next loop as before: ``scheduled``,
+sleeps :data:`BUSY_RATIO` times as long as it was awake, up to :data:`MAX_IDLE_SLEEP`: what
+notifies still wakes it at once, and what does not (a task ending in the triggerer) waits up to
+that long. It hears a task that ends on a worker (the API server writes its state), a task the
+scheduler itself fails or skips, a task marked success or failed in the UI, and a new DAG run, with
+any executor and with two schedulers (both listen). It does not hear, and sees at its next loop as before: ``scheduled``,
 which the scheduler sets itself every time it schedules (it would wake itself for nothing), a
 cleared task (its state goes back to none), and a task that ends in the triggerer (it was
 deferred): the node tasks of a transformation DAG end there by the hundreds while its build runs,
@@ -232,12 +232,13 @@ class Waker:
         return max(seconds, min(awake * BUSY_RATIO, MAX_IDLE_SLEEP))
 
     def _sleep(self, seconds: float) -> None:
-        deadline = time.monotonic() + max(seconds, 0.0)
+        start = time.monotonic()
         conn = self._listening()
+        # Stretched only while it listens: it hears what cannot wait.
+        deadline = start + (max(seconds, 0.0) if conn is None else self.stretched(seconds))
         if conn is None:
             time.sleep(max(deadline - time.monotonic(), 0.0))
             return
-        deadline = time.monotonic() + self.stretched(seconds)  # it hears what cannot wait
         try:
             if time.monotonic() - self._checked_at > CHECK_EVERY_SECONDS:
                 try:
