@@ -14,6 +14,7 @@ import json
 import selectors
 import socket
 import threading
+import time
 import uuid
 from datetime import datetime
 from types import SimpleNamespace
@@ -217,6 +218,7 @@ def test_the_launcher_patches_this_airflow_and_only_once():
         "assert S.send_msg._dbt_platform_patch\n"
         "from airflow.callbacks.database_callback_sink import DatabaseCallbackSink as D\n"
         "assert D.send._dbt_platform_patch\n"
+        "assert S.run_once is triggerer.paced_run_once\n"
         "print('patched')\n"
     )
     assert "patched" in run_python(code).stdout
@@ -302,6 +304,7 @@ def test_another_airflow_version_runs_unpatched_and_says_so():
         "assert S._create_workload is original\n"
         "from airflow.callbacks.database_callback_sink import DatabaseCallbackSink as D\n"
         "assert not hasattr(D.send, '_dbt_platform_patch')\n"
+        "assert not hasattr(S.run_once, '_dbt_platform_patch')\n"
     )
     out = run_python(code)
     assert "Triggerer runs unpatched" in out.stdout + out.stderr
@@ -380,3 +383,99 @@ def test_the_launchers_send_serves_the_runners_log_until_the_runner_reads():
         assert runner.requests.gettimeout() is None, "the socket is blocking again afterwards"
     finally:
         runner.close()
+
+
+CHATTY_RUNNER = """
+import socket, sys, time
+sock = socket.socket(fileno=int(sys.argv[1]))
+end = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    sock.sendall(b"trigger 1 starting\\n")  # what a busy runner's log socket carries
+    time.sleep(0.02)
+"""
+
+
+class SupervisorRound:
+    """A trigger runner supervisor as its round sees it: Airflow's own ``_service_subprocess`` over a
+    real socket from a real runner process, which logs a line every 20 ms for ``seconds``; the
+    round's database steps only count themselves."""
+
+    def __init__(self, seconds: float) -> None:
+        import subprocess
+        import sys
+
+        import psutil
+        from airflow.jobs.triggerer_job_runner import TriggerRunnerSupervisor
+        from airflow.sdk.execution_time.supervisor import PsutilTracker, WatchedSubprocess
+
+        self._borrowed = (WatchedSubprocess._service_subprocess, WatchedSubprocess._check_subprocess_exit)
+        self.is_alive = TriggerRunnerSupervisor.is_alive.__get__(self)
+        self.logs, runner_end = socket.socketpair()
+        self.popen = subprocess.Popen(
+            [sys.executable, "-c", CHATTY_RUNNER, str(runner_end.fileno()), str(seconds)],
+            pass_fds=[runner_end.fileno()],
+        )
+        runner_end.close()
+        self._process = PsutilTracker(psutil.Process(self.popen.pid))
+        self._exit_code = None
+        self.lines = 0
+        self.rounds: list[list[str]] = []
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.logs, selectors.EVENT_READ, (self._read_log, lambda _s: None))
+
+    def _service_subprocess(self, max_wait_time, raise_on_timeout=False, expect_signal=None):
+        return self._borrowed[0](self, max_wait_time, raise_on_timeout, expect_signal)
+
+    def _check_subprocess_exit(self, raise_on_timeout=False, expect_signal=None):
+        return self._borrowed[1](self, raise_on_timeout, expect_signal)
+
+    def _read_log(self, sock) -> bool:
+        data = sock.recv(1 << 16)
+        self.lines += data.count(b"\n")
+        return bool(data)
+
+    def should_stop(self) -> bool:
+        return False
+
+    def load_triggers(self) -> None:
+        self.rounds.append(["load_triggers"])
+
+    def _step(name):  # noqa: N805
+        return lambda self: self.rounds[-1].append(name)
+
+    handle_events = _step("handle_events")
+    handle_failed_triggers = _step("handle_failed_triggers")
+    clean_unused = _step("clean_unused")
+    heartbeat = _step("heartbeat")
+    emit_metrics = _step("emit_metrics")
+
+    def run(self, run_once) -> None:
+        while self.is_alive():
+            run_once(self)
+        self.logs.close()
+
+
+STOCK_ROUND = [
+    "load_triggers", "handle_events", "handle_failed_triggers", "clean_unused", "heartbeat", "emit_metrics",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("paced", [True, False], ids=["paced", "stock"])
+def test_the_supervisor_runs_its_database_round_at_most_twice_a_second_while_its_runner_talks(paced):
+    from airflow.jobs.triggerer_job_runner import TriggerRunnerSupervisor
+
+    assert triggerer.run_once_is_stock() is None, "re-check the paced round against this Airflow's run_once"
+    stock = getattr(TriggerRunnerSupervisor.run_once, "__wrapped__", TriggerRunnerSupervisor.run_once)
+    supervisor = SupervisorRound(seconds=2.0)
+    started = time.monotonic()
+    supervisor.run(triggerer.paced_run_once if paced else stock)
+    took = time.monotonic() - started
+
+    assert supervisor.lines >= 50, "the runner's log was served throughout"
+    assert all(steps == STOCK_ROUND for steps in supervisor.rounds)
+    if paced:
+        # 2 s of chatter and the runner's exit: a round per MIN_ROUND_SECONDS, not one per line.
+        assert len(supervisor.rounds) <= 2.0 / triggerer.MIN_ROUND_SECONDS + 2, len(supervisor.rounds)
+        assert took < 2.0 + 2 * triggerer.MIN_ROUND_SECONDS, "its exit ends the round"
+    else:
+        assert len(supervisor.rounds) >= 20, len(supervisor.rounds)

@@ -37,6 +37,15 @@ run, each batch a parse of the transformations file at the DAG's size. Failure a
 go through unchanged. This part applies only where the dag-processor's code still ignores success
 requests (:func:`success_callbacks_ignored`).
 
+And it paces the supervisor's database round (:func:`paced_run_once`). Stock, the supervisor waits
+up to a second for its runner and runs a round (assign and load triggers, persist events, delete
+unused triggers: a handful of queries and commits) as soon as anything arrives, a log line
+included; while a transformation runs, that was several rounds a second on the cores its build
+needs. Paced, it keeps serving the runner (requests answered, log lines written, events queued as
+they arrive) until :data:`MIN_ROUND_SECONDS` have passed, then runs the same round in the same
+order. An event is persisted up to that much later; stock waited up to a second when idle. This
+part applies only while ``run_once`` is the one it copies (:func:`run_once_is_stock`).
+
 Nothing else changes: the trigger, its kwargs, the template context (``dag``, ``params``,
 ``dag_run``, ``ti``...) are built by Airflow's own code from that data. A task that is mapped or
 sits in a mapped task group keeps the whole DAG (its expand input may refer to other tasks), and any
@@ -65,6 +74,7 @@ import json
 import logging
 import select
 import sys
+import time
 from typing import Any
 
 from include.dbt_platform.runtime import airflow_command, install_when_imported, switched_off
@@ -184,6 +194,85 @@ def install_callback_filter() -> bool:
     return True
 
 
+# ----------------------------------------------------------------------------- pacing
+
+# The supervisor's database round (assign and load triggers, persist events, delete unused triggers)
+# runs at most this often; in between it keeps serving its runner. Stock runs a round after every
+# message from the runner, a log line included.
+MIN_ROUND_SECONDS = 0.5
+
+# TriggerRunnerSupervisor.run_once in Airflow 3.3, compared by its syntax tree: the paced copy
+# below is that body with the serving stretched, so any change upstream leaves the round stock.
+STOCK_RUN_ONCE = """
+def run_once(self) -> None:
+    \"\"\"Perform a single iteration of the run loop.\"\"\"
+    self.load_triggers()
+    self._service_subprocess(1)
+    self.handle_events()
+    self.handle_failed_triggers()
+    self.clean_unused()
+    self.heartbeat()
+    self.emit_metrics()
+"""
+
+
+def _tree(source: str) -> str:
+    return ast.dump(ast.parse(inspect.cleandoc("\n" + source)).body[0])
+
+
+def run_once_is_stock() -> str | None:
+    """None if the supervisor's round is the one :func:`paced_run_once` copies, else why not."""
+    from airflow.jobs.triggerer_job_runner import TriggerRunnerSupervisor
+
+    run_once = getattr(TriggerRunnerSupervisor.run_once, "__wrapped__", TriggerRunnerSupervisor.run_once)
+    try:
+        if _tree(inspect.getsource(run_once)) == _tree(STOCK_RUN_ONCE):
+            return None
+    except (OSError, TypeError, SyntaxError) as err:
+        return f"TriggerRunnerSupervisor.run_once cannot be read: {err}"
+    return "TriggerRunnerSupervisor.run_once changed"
+
+
+def paced_run_once(self) -> None:
+    """Stock ``run_once``, serving the runner until :data:`MIN_ROUND_SECONDS` have passed.
+
+    Stock waits up to 1 s for the runner and runs a round as soon as anything arrives: while a
+    transformation runs, the runner writes a log line per trigger started and ended and its
+    triggers ask for XComs, so the supervisor ran several rounds a second, each a handful of
+    queries and two commits besides the events' own, on the two cores the build runs on. Messages
+    are still served as they arrive (requests answered, events queued); only the round waits.
+    """
+    self.load_triggers()
+    began = time.monotonic()
+    self._service_subprocess(1)
+    while self.is_alive() and not self.should_stop():
+        left = began + MIN_ROUND_SECONDS - time.monotonic()
+        if left <= 0:
+            break
+        self._service_subprocess(left)
+    self.handle_events()
+    self.handle_failed_triggers()
+    self.clean_unused()
+    self.heartbeat()
+    self.emit_metrics()
+
+
+def install_pacing() -> bool:
+    """In the triggerer: a database round at most every :data:`MIN_ROUND_SECONDS`."""
+    from airflow.jobs.triggerer_job_runner import TriggerRunnerSupervisor
+
+    if getattr(TriggerRunnerSupervisor.run_once, "_dbt_platform_patch", False):
+        return True
+    reason = run_once_is_stock()
+    if reason:
+        log.warning("Triggerer runs a database round after every message from its runner: %s", reason)
+        return False
+    paced_run_once._dbt_platform_patch = True  # type: ignore[attr-defined]
+    paced_run_once.__wrapped__ = TriggerRunnerSupervisor.run_once  # type: ignore[attr-defined]
+    TriggerRunnerSupervisor.run_once = paced_run_once  # type: ignore[method-assign]
+    return True
+
+
 # ----------------------------------------------------------------------------- the patch
 
 
@@ -224,6 +313,7 @@ def install() -> bool:
         log.warning("Triggerer runs unpatched (each task gets the whole DAG): %s", reason)
         return False
     filtered = install_callback_filter()
+    paced = install_pacing()
     original = TriggerRunnerSupervisor._create_workload
     cache = _VersionCache()
     failures: set[str] = set()
@@ -262,8 +352,9 @@ def install() -> bool:
     TriggerRunnerSupervisor.send_msg = _send_msg  # type: ignore[method-assign]
     log.info(
         "Triggerer: DAGs cached per version, each start_from_trigger task gets only itself, "
-        "runner logs served while sending%s",
+        "runner logs served while sending%s%s",
         ", no success callback requests for the dag-processor" if filtered else "",
+        f", a database round at most every {MIN_ROUND_SECONDS:g} s" if paced else "",
     )
     return True
 
