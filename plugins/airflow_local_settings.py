@@ -12,14 +12,16 @@ process is left as it is. A deployment with its own ``$AIRFLOW_HOME/config/airfl
 
 It also wakes ``airflow scheduler`` from its idle sleep when a task ends (a PostgreSQL notification;
 see ``include/dbt_platform/runtime/scheduler_wakeup.py``), so a task's successor starts at once,
-and has ``airflow api-server`` build the Task Execution API's routes as it starts rather than on
+queues a run's worker tasks (a transformation's build) before it defers the run's
+trigger-started ones (``include/dbt_platform/runtime/scheduler_order.py``), and has ``airflow
+api-server`` build the Task Execution API's routes as it starts rather than on
 the first task's call, which then waited 7–9 s (``include/dbt_platform/runtime/execution_api.py``).
 """
 
 import logging
 
 try:
-    from include.dbt_platform.runtime import warm_dbt
+    from include.dbt_platform.runtime import scheduler_order, warm_dbt
     from include.dbt_platform.runtime.execution_api import install_in_api_server
     from include.dbt_platform.runtime.scheduler_wakeup import install_in_scheduler
     from include.dbt_platform.runtime.triggerer import install_in_triggerer
@@ -31,5 +33,6 @@ except ImportError as err:  # the project is not on PYTHONPATH: Airflow must sti
 else:
     install_in_triggerer()
     install_in_scheduler()
+    scheduler_order.install_in_scheduler()
     install_in_api_server()
     warm_dbt.install()

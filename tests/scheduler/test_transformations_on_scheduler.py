@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from devstack.airflow import AIRFLOW_COMPONENTS, COMPONENT_NICENESS, component_pid
+from include.dbt_platform.runtime import scheduler_order
 from tests.harness import STACK, assert_model_lineage, assert_run_trace, lineage_events, query, wait_for
 from tests.scheduler.live import LIVE_PROJECTS_DIR, LIVE_TARGET
 
@@ -32,6 +33,10 @@ def _has_root_span(dag_id: str, run: str) -> bool:
         s["name"] == f"dbt {dag_id}" and s["attributes"].get("airflow.run_id") == run
         for s in read_spans(get_settings().trace_file)
     )
+
+
+def _ts(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def run_id() -> str:
@@ -97,6 +102,13 @@ def test_every_node_runs_in_the_triggerer_and_the_marts_start_the_downstream_dag
         f"DAG {DAG_ID} version {v}: each start_from_trigger task goes to the runner alone" in triggerer_log
         for v in versions
     ), versions
+    assert "a database round at most every 0.5 s" in triggerer_log  # its supervisor is paced
+    # The scheduler queued the build before it deferred the node tasks (runtime/scheduler_order.py):
+    # the build was scheduled no later than the first node task started (deferred) in the triggerer.
+    scheduler_log = (LIVE_TARGET.home / "component-logs" / "scheduler.log").read_text()
+    assert scheduler_order.INSTALLED in scheduler_log
+    build_scheduled = _ts(tis["dbt_producer_watcher"]["scheduled_when"])
+    assert all(build_scheduled <= _ts(ti["start_date"]) for ti in nodes.values()), (build_scheduled, nodes)
 
     def downstream_run():
         _, runs = client.request("GET", "/dags/inventory_marts_report/dagRuns?limit=100")

@@ -5,6 +5,8 @@
                   ``plugins/airflow_local_settings.py``
     scheduler_wakeup.py  the scheduler's idle sleep ends when a task ends (a PostgreSQL
                   notification), installed the same way
+    scheduler_order.py  the scheduler queues a run's worker tasks before it defers its
+                  trigger-started ones, installed the same way
     execution_api.py  the API server builds the Task Execution API's routes as it starts, not on
                   the first task's call (which waited 7-9 s for them), installed the same way
     warm_dbt.py   dbt loaded once in the processes that fork task processes (the LocalExecutor
