@@ -389,8 +389,9 @@ CHATTY_RUNNER = """
 import socket, sys, time
 sock = socket.socket(fileno=int(sys.argv[1]))
 end = time.monotonic() + float(sys.argv[2])
+line = sys.argv[3].encode() + b"\\n"
 while time.monotonic() < end:
-    sock.sendall(b"trigger 1 starting\\n")  # what a busy runner's log socket carries
+    sock.sendall(line)  # what a busy runner's log socket carries
     time.sleep(0.02)
 """
 
@@ -400,7 +401,7 @@ class SupervisorRound:
     real socket from a real runner process, which logs a line every 20 ms for ``seconds``; the
     round's database steps only count themselves."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, line: str = "trigger 1 starting") -> None:
         import subprocess
         import sys
 
@@ -412,14 +413,16 @@ class SupervisorRound:
         self.is_alive = TriggerRunnerSupervisor.is_alive.__get__(self)
         self.logs, runner_end = socket.socketpair()
         self.popen = subprocess.Popen(
-            [sys.executable, "-c", CHATTY_RUNNER, str(runner_end.fileno()), str(seconds)],
+            [sys.executable, "-c", CHATTY_RUNNER, str(runner_end.fileno()), str(seconds), line],
             pass_fds=[runner_end.fileno()],
         )
         runner_end.close()
         self._process = PsutilTracker(psutil.Process(self.popen.pid))
         self._exit_code = None
         self.lines = 0
+        self.events: list[str] = []  # what the runner reported as fired (here: its "event" lines)
         self.rounds: list[list[str]] = []
+        self.round_seconds: list[float] = []
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.logs, selectors.EVENT_READ, (self._read_log, lambda _s: None))
 
@@ -432,6 +435,7 @@ class SupervisorRound:
     def _read_log(self, sock) -> bool:
         data = sock.recv(1 << 16)
         self.lines += data.count(b"\n")
+        self.events.extend("event" for _ in range(data.count(b"event\n")))
         return bool(data)
 
     def should_stop(self) -> bool:
@@ -439,11 +443,16 @@ class SupervisorRound:
 
     def load_triggers(self) -> None:
         self.rounds.append(["load_triggers"])
+        self._began = time.monotonic()
+
+    def handle_events(self) -> None:
+        self.rounds[-1].append("handle_events")
+        self.round_seconds.append(time.monotonic() - self._began)
+        self.events.clear()
 
     def _step(name):  # noqa: N805
         return lambda self: self.rounds[-1].append(name)
 
-    handle_events = _step("handle_events")
     handle_failed_triggers = _step("handle_failed_triggers")
     clean_unused = _step("clean_unused")
     heartbeat = _step("heartbeat")
@@ -479,3 +488,15 @@ def test_the_supervisor_runs_its_database_round_at_most_twice_a_second_while_its
         assert took < 2.0 + 2 * triggerer.MIN_ROUND_SECONDS, "its exit ends the round"
     else:
         assert len(supervisor.rounds) >= 20, len(supervisor.rounds)
+
+
+def test_a_reported_event_ends_the_paced_rounds_wait_at_once():
+    # A trigger that fired is a task that ended: its round runs as soon as the runner reports it.
+    supervisor = SupervisorRound(seconds=1.0, line="event")
+    supervisor.run(triggerer.paced_run_once)
+    assert supervisor.lines >= 20
+    assert all(steps == STOCK_ROUND for steps in supervisor.rounds)
+    assert len(supervisor.rounds) >= 10, "a round per report, not one per half second"
+    assert (
+        sorted(supervisor.round_seconds)[len(supervisor.round_seconds) // 2] < triggerer.MIN_ROUND_SECONDS / 2
+    )
