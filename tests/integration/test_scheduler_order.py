@@ -15,6 +15,7 @@ from tests.harness import run_as_airflow_command
 DAG_FILE = """
 from datetime import UTC, datetime
 
+from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import DAG, BaseOperator
 from airflow.triggers.base import StartTriggerArgs
 
@@ -38,16 +39,16 @@ class OnAWorker(BaseOperator):
 
 
 with DAG("{dag_id}", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=UTC)):
-    OnAWorker(task_id="build")
+    {first}(task_id="build")
     for n in range(3):
         StartsInTriggerer(task_id=f"node_{{n}}")
 """
 
 
 @pytest.fixture
-def run(tmp_path, database):
-    """A queued run of a DAG with a worker task and three trigger-started ones, as the dag-processor
-    and the REST API would leave it."""
+def run(tmp_path, database, request):
+    """A queued run of a DAG with a worker task (or an empty one: ``indirect`` param) and three
+    trigger-started ones, as the dag-processor and the REST API would leave it."""
     from airflow.api.common.delete_dag import delete_dag
     from airflow.api.common.trigger_dag import trigger_dag
     from airflow.dag_processing.bundles.manager import DagBundlesManager
@@ -55,7 +56,8 @@ def run(tmp_path, database):
     from airflow.utils.types import DagRunTriggeredByType
 
     dag_id = f"order_{uuid.uuid4().hex[:8]}"
-    (tmp_path / f"{dag_id}.py").write_text(DAG_FILE.format(dag_id=dag_id))
+    first = getattr(request, "param", "OnAWorker")
+    (tmp_path / f"{dag_id}.py").write_text(DAG_FILE.format(dag_id=dag_id, first=first))
     bag = DagBag(dag_folder=str(tmp_path))
     assert dag_id in bag.dags, bag.import_errors
     DagBundlesManager().sync_bundles_to_db()  # the dag-processor registers its bundles first
@@ -97,6 +99,15 @@ def test_the_worker_task_is_scheduled_first_and_the_trigger_started_ones_at_the_
     assert first == {"build": "scheduled", "node_0": None, "node_1": None, "node_2": None}
     second = scheduler_loop(dag_id, run_id)
     assert second == {"build": "scheduled", "node_0": "deferred", "node_1": "deferred", "node_2": "deferred"}
+
+
+@pytest.mark.parametrize("run", ["EmptyOperator"], indirect=True)
+def test_beside_an_empty_task_nothing_waits(run, patched):
+    # Airflow sets an empty task to success without a worker: no task is queued in that loop, so
+    # the trigger-started ones are deferred in it, as stock.
+    dag_id, run_id = run
+    first = scheduler_loop(dag_id, run_id)
+    assert first == {"build": "success", "node_0": "deferred", "node_1": "deferred", "node_2": "deferred"}
 
 
 def test_stock_defers_them_in_the_same_loop(run):

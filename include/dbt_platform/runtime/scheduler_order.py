@@ -9,11 +9,16 @@ once that loop's transaction is over, so it waited for every deferral: from the 
 build's start took 1.2 s at 500 models and 3.0 s at 1,000, against ~0.4 s at 100.
 
 :func:`install` has ``schedule_tis`` take a run's worker tasks alone when both kinds are ready in
-the same loop and leave its trigger-started ones as they are (no state) for the next loop. A loop
-that queued a task does not sleep, so the next one follows at once and defers them while the build
-starts. A trigger-started task is put off by one loop for each loop in which a worker task of its
-own run is ready too, so by a bounded number of loops; a run with only one kind ready is scheduled
-as stock. Nothing else changes: the same tasks reach the same states through Airflow's own code.
+the same loop (empty tasks, which Airflow sets to success without a worker, do not count) and leave
+its trigger-started ones as they are (no state) for the next loop that examines the run. Usually
+that is the next loop, at once: a loop that queued a task does not sleep. When the worker task
+cannot be queued (executor slots, pool or concurrency limits, another scheduler holding the
+critical section) the loop sleeps its idle sleep first (a task becoming scheduled wakes no one), and
+with more running runs than a loop examines (``max_dagruns_per_loop_to_schedule``) the run waits its
+turn. It is put off once per worker task that becomes ready beside it, so by a bounded number of
+loops: at the next examination the worker task is scheduled, no longer ready, and the others are
+deferred. A run with only one kind ready is scheduled as stock. Nothing else changes: the same tasks
+reach the same states through Airflow's own code.
 
 Guarded like the other patches: only on the Airflow versions it was written against
 (:data:`PATCHED_AIRFLOW`) and where ``schedule_tis`` and the task instance have the expected shape;
@@ -48,7 +53,9 @@ def worker_tasks_first(schedule_tis):
     def schedule_worker_tasks_first(self, schedulable_tis, **kwargs):
         tis = list(schedulable_tis)
         now = [ti for ti in tis if not starts_in_triggerer(ti)]
-        if now and len(now) < len(tis):  # both kinds: the others at the next loop
+        # Only when a task goes to a worker now (an empty task is set to success without one): the
+        # trigger-started ones at the next loop.
+        if len(now) < len(tis) and any(ti.is_schedulable for ti in now):
             tis = now
         return schedule_tis(self, tis, **kwargs)
 

@@ -43,8 +43,9 @@ unused triggers: a handful of queries and commits) as soon as anything arrives, 
 included; while a transformation runs, that was several rounds a second on the cores its build
 needs. Paced, it keeps serving the runner (requests answered, log lines written, events queued as
 they arrive) until :data:`MIN_ROUND_SECONDS` have passed, then runs the same round in the same
-order; a round in which the runner reported an event (a trigger fired: a task ended) runs at once,
-as stock, so no task ends later than it would have. This
+order; a round in which the runner reported an event or a failure (a task ends) runs at once, as
+stock, so no task ends later than it would have. A new trigger can reach the runner up to one of its
+syncs (a second) later than stock: it is loaded at most every half second. This
 part applies only while ``run_once`` is the one it copies (:func:`run_once_is_stock`).
 
 Nothing else changes: the trigger, its kwargs, the template context (``dag``, ``params``,
@@ -242,12 +243,15 @@ def paced_run_once(self) -> None:
     triggers ask for XComs, so the supervisor ran several rounds a second, each a handful of
     queries and two commits besides the events' own, on the two cores the build runs on. Messages
     are still served as they arrive (requests answered, log lines written); only the round waits,
-    and not when the runner has reported an event (a task ended): that round runs at once.
+    and not when the runner has reported an event or a failure (a task ends): that round runs at
+    once. What waits: new triggers are loaded up to that much later, and so may reach the runner one
+    of its syncs (a second) later than stock; cancellations likewise.
     """
     self.load_triggers()
     began = time.monotonic()
     self._service_subprocess(1)
-    while self.is_alive() and not self.should_stop() and not self.events:  # an event: persist it now
+    # A fired or failed trigger (a task ends): its round runs now.
+    while self.is_alive() and not self.should_stop() and not self.events and not self.failed_triggers:
         left = began + MIN_ROUND_SECONDS - time.monotonic()
         if left <= 0:
             break
