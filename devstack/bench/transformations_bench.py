@@ -250,13 +250,18 @@ def drop_schemas(stack, database: str, schemas: list[str]) -> None:
     (dbt-postgres renames and drops the old view with CASCADE from several threads); measured runs
     should not depend on what the previous one left.
     """
+    admin_execute(stack, database, *(f'drop schema if exists "{schema}" cascade' for schema in schemas))
+
+
+def admin_execute(stack, database: str, *statements: str) -> None:
+    """Run ``statements`` in ``database`` as the stack's admin, each on its own (autocommit)."""
     import psycopg2
 
     conn = psycopg2.connect(admin_dsn(stack, database))
     conn.autocommit = True
     with conn, conn.cursor() as cur:
-        for schema in schemas:
-            cur.execute(f'drop schema if exists "{schema}" cascade')
+        for statement in statements:
+            cur.execute(statement)
     conn.close()
 
 
@@ -270,13 +275,7 @@ def set_warehouse_jit(stack, database: str, jit: str) -> None:
     JIT and 27-29 s without, back to back, dbt's own CPU the same: noise on both sides of the ratio
     that hid the DAG's overhead. ``--jit on`` measures with PostgreSQL's default.
     """
-    import psycopg2
-
-    conn = psycopg2.connect(admin_dsn(stack, database))
-    conn.autocommit = True
-    with conn, conn.cursor() as cur:
-        cur.execute(f'alter database "{database}" set jit = {"on" if jit == "on" else "off"}')
-    conn.close()
+    admin_execute(stack, database, f'alter database "{database}" set jit = {"on" if jit == "on" else "off"}')
 
 
 def _ts(value: str) -> datetime:

@@ -158,7 +158,7 @@ def flaky_project(live_airflow, warehouse_module) -> str:
         # A DAG of that name may linger from an earlier session (stale): wait for a fresh parse.
         status, dag = live_airflow.request("GET", f"/dags/{FLAKY}")
         parsed = dag.get("last_parsed_time") if status == 200 else None
-        fresh = parsed and datetime.fromisoformat(parsed.replace("Z", "+00:00")).timestamp() > written
+        fresh = parsed and _ts(parsed).timestamp() > written
         return fresh and not dag.get("is_stale")
 
     wait_for(parsed_since_written, 240, f"the dag-processor to parse {FLAKY}")

@@ -145,6 +145,13 @@ def _send_msg(self, msg, request_id, error=None, **dump_opts):
 # ----------------------------------------------------------------------------- callbacks
 
 
+def _first_statement(source: str) -> ast.stmt | None:
+    """The first statement of ``source``: a function as ``inspect.getsource`` gives it (a method's
+    source is indented)."""
+    body = ast.parse(inspect.cleandoc("\n" + source)).body
+    return body[0] if body else None
+
+
 def success_callbacks_ignored() -> str | None:
     """None if Airflow's dag-processor returns from a task's success callback request without doing
     anything (so not filing it loses nothing), else why that cannot be relied on."""
@@ -156,8 +163,8 @@ def success_callbacks_ignored() -> str | None:
         return "airflow.dag_processing.processor._execute_task_callbacks is gone"
     if not isinstance(getattr(TaskCallbackRequest, "is_failure_callback", None), property):
         return "TaskCallbackRequest.is_failure_callback is gone"
-    tree = ast.parse(inspect.cleandoc("\n" + inspect.getsource(serve)))
-    first = tree.body[0].body[0] if tree.body and isinstance(tree.body[0], ast.FunctionDef) else None
+    function = _first_statement(inspect.getsource(serve))
+    first = function.body[0] if isinstance(function, ast.FunctionDef) else None
     expected = "not request.is_failure_callback"
     if not (
         isinstance(first, ast.If)
@@ -219,7 +226,7 @@ def run_once(self) -> None:
 
 
 def _tree(source: str) -> str:
-    return ast.dump(ast.parse(inspect.cleandoc("\n" + source)).body[0])
+    return ast.dump(_first_statement(source))
 
 
 def run_once_is_stock() -> str | None:
