@@ -34,6 +34,9 @@ FUNCTIONS = [
     ("cosmos.operators._watcher.state", "is_dbt_node_status_failed", None),
     ("cosmos.operators._watcher.state", "is_dbt_node_status_skipped", None),
     ("cosmos.operators._watcher.state", "is_dbt_node_status_success", None),
+    # watcher/producer.py hands Cosmos' parser only the events it reads (read_by_cosmos).
+    ("cosmos.operators._watcher.state", "is_dbt_node_status_terminal", ["status"]),
+    ("cosmos.operators._watcher.base", "store_dbt_resource_status_from_log", None),
     ("cosmos.operators._watcher.aggregation", "get_tests_status_xcom_key", ["model_uid"]),
 ]
 
@@ -105,6 +108,24 @@ def test_the_trigger_and_the_producer_still_fit_cosmos_watcher_classes():
     # The consumers the triggerer mode finds are Cosmos' sensors with a model id.
     assert issubclass(DbtConsumerWatcherSensor, BaseConsumerSensor)
     assert "self.model_unique_id =" in inspect.getsource(BaseConsumerSensor.__init__)
+
+
+def test_what_the_producer_reads_to_choose_cosmos_events_is_still_there():
+    """watcher/producer.py: ``read_by_cosmos`` names the events Cosmos' parser acts on from these, and
+    finds Cosmos' callback in the list Cosmos hands dbt (tests/integration/test_producer_events.py
+    checks on a real build that the parser records the same from them as from every event)."""
+    from cosmos.operators._watcher import base
+    from cosmos.operators._watcher.state import DBT_UPSTREAM_FAILURE_SKIP_EVENT_NAMES
+    from cosmos.operators.local import AbstractDbtLocalBase
+    from cosmos.operators.watcher import DbtProducerWatcherOperator
+
+    assert {"NodeFinished", "RunResultError"} <= base._DBT_EVENT_ALLOWLIST
+    assert DBT_UPSTREAM_FAILURE_SKIP_EVENT_NAMES
+    assert base.logger.name.startswith("cosmos")
+    source = inspect.getsource(DbtProducerWatcherOperator.run_dbt_runner)
+    assert "def _event_callback(event" in source
+    assert "self._dbt_runner_callbacks = [*(self._dbt_runner_callbacks or []), _event_callback]" in source
+    assert "callbacks=self._dbt_runner_callbacks" in inspect.getsource(AbstractDbtLocalBase.run_dbt_runner)
 
 
 def test_render_config_still_takes_node_converters():
