@@ -8,6 +8,7 @@ automatic retry (on a worker) succeeds once the cause is fixed, followed by its 
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
@@ -74,6 +75,11 @@ def test_every_node_runs_in_the_triggerer_and_the_marts_start_the_downstream_dag
     # No worker process ran a node: they started and ended in the triggerer, on their first try.
     assert all(not ti["hostname"] and ti["try_number"] == 1 for ti in nodes.values())
     assert tis["dbt_producer_watcher"]["hostname"], "the build itself ran on a worker"
+    # The build handed Cosmos' parser only the dbt events it acts on (watcher/producer.py).
+    _, build_log = client.request(
+        "GET", f"/dags/{DAG_ID}/dagRuns/{run}/taskInstances/dbt_producer_watcher/logs/1"
+    )
+    assert "debug events it does nothing with left out" in json.dumps(build_log), build_log
     assert query(warehouse, "select count(*) from inventory_transforms.fct_users")[0][0] == 12
     # Lineage: each model's task has its START and COMPLETE, with the model's table as its output,
     # though the task ended in the triggerer (the build's task emits them, once it has reported its
