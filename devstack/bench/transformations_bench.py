@@ -139,7 +139,8 @@ class PeakMemory:
 
     Reading a process's PSS makes the kernel walk its page tables: for Airflow's ~20 processes
     (1.7 GiB) every half second that took the benchmark 4 CPU seconds per 500-model run, on a
-    2-core machine, against 0.3 s for the one ``dbt build`` process it compares with. Airflow's tree
+    2-core machine (a separate sampler), against 0.3 s while it sampled the one ``dbt build`` process it
+    compares with; that one is still sampled every 0.5 s, so a short peak of Airflow's can be missed. Airflow's tree
     is sampled every 2 s (:data:`AIRFLOW_MEMORY_INTERVAL`); its memory grows slowly through a run.
     """
 

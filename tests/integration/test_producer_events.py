@@ -85,9 +85,12 @@ def write_profile(folder: Path) -> None:
 @pytest.fixture
 def parser_log():
     lines = Lines()
+    level = cosmos_parser.logger.level
+    cosmos_parser.logger.setLevel(logging.INFO)
     cosmos_parser.logger.addHandler(lines)
     yield lines
     cosmos_parser.logger.removeHandler(lines)
+    cosmos_parser.logger.setLevel(level)
 
 
 def run_build(producer, project: Path, profiles: Path, ti: RecordedXComs) -> tuple[object, dict]:
@@ -128,7 +131,11 @@ def test_cosmos_parser_records_the_same_from_the_events_it_is_handed_as_from_all
     assert cosmos_callback.__qualname__ == COSMOS_EVENT_CALLBACK
     assert [getattr(cb, "_leaves_out", False) for cb in task._dbt_runner_callbacks] == [False, True]
 
-    # The same events, every one of them handed to Cosmos' callback: it records the same.
+    # The same events, every one of them handed to Cosmos' callback: it records the same. The
+    # parser's own state from the first pass (bound into the callback) starts empty again.
+    for state in ("test_results_per_model", "_upstream_failure_skipped_ids", "_model_outlet_uris"):
+        if getattr(task, state, None) is not None:
+            getattr(task, state).clear()
     handed_all = RecordedXComs()
     context["ti"] = handed_all
     parser_log.lines.clear()
