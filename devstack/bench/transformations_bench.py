@@ -138,10 +138,11 @@ class PeakMemory:
     """Samples the memory (PSS) of a process tree every ``interval`` seconds while in use.
 
     Reading a process's PSS makes the kernel walk its page tables: for Airflow's ~20 processes
-    (1.7 GiB) every half second that took the benchmark 4 CPU seconds per 500-model run, on a
-    2-core machine (a separate sampler), against 0.3 s while it sampled the one ``dbt build`` process it
-    compares with; that one is still sampled every 0.5 s, so a short peak of Airflow's can be missed. Airflow's tree
-    is sampled every 2 s (:data:`AIRFLOW_MEMORY_INTERVAL`); its memory grows slowly through a run.
+    (1.7 GiB) every half second that took the benchmark 4 CPU seconds per 500-model run on a
+    2-core machine (measured with a separate sampler), against 0.3 s while it sampled the one
+    ``dbt build`` process it compares with. Airflow's tree is sampled every 2 s
+    (:data:`AIRFLOW_MEMORY_INTERVAL`; its memory grows slowly through a run, but a short peak can
+    be missed), ``dbt build`` still every 0.5 s.
     """
 
     def __init__(self, roots, interval: float = 0.5) -> None:
