@@ -113,6 +113,10 @@ def test_every_node_runs_in_the_triggerer_and_the_marts_start_the_downstream_dag
         for v in versions
     ), versions
     assert "a database round at most every 0.5 s" in triggerer_log  # its supervisor is paced
+    # Each model's task emitted its model's asset as it succeeded in the triggerer (which registers
+    # it: runtime/triggerer.py), not the build at its end.
+    assert "asset events of the tasks that succeed in it" in triggerer_log
+    assert asset_events_by_task(client, run) == {f"{m}_model_build": f"dbt://{DAG_ID}/{m}" for m in models}
     # The scheduler queued the build before it deferred the node tasks (runtime/scheduler_order.py):
     # the build was scheduled no later than the first node task started (deferred) in the triggerer.
     scheduler_log = (LIVE_TARGET.home / "component-logs" / "scheduler.log").read_text()
@@ -128,6 +132,15 @@ def test_every_node_runs_in_the_triggerer_and_the_marts_start_the_downstream_dag
     downstream = wait_for(downstream_run, 120, "inventory_marts_report to run on the marts' assets")
     assert downstream["run_type"] == "asset_triggered"
     assert downstream["state"] == "success"
+
+
+def asset_events_by_task(client, run: str) -> dict[str, str]:
+    """The run's asset events: the task that emitted each, and its asset's URI (one per task)."""
+    _, found = client.request("GET", f"/assets/events?source_dag_id={DAG_ID}&source_run_id={run}&limit=100")
+    events = found.get("asset_events", [])
+    by_task = {e["source_task_id"]: e["uri"] for e in events}
+    assert len(by_task) == len(events), events
+    return by_task
 
 
 FLAKY_MODELS = {
@@ -443,7 +456,16 @@ def test_a_triggerer_without_the_patch_still_runs_every_node(client, warehouse):
         nodes = {
             t: ti for t, ti in task_instances(client, DAG_ID, run).items() if t != "dbt_producer_watcher"
         }
-        assert nodes and all(ti["state"] == "success" and not ti["hostname"] for ti in nodes.values()), nodes
+        assert nodes and all(ti["state"] == "success" for ti in nodes.values()), nodes
+        # A stock triggerer registers no asset events: the models' tasks (which carry their assets,
+        # as the dag-processor runs with the patch) ended on a worker, where Airflow registers them;
+        # the seeds' tasks, which carry none, ended in the triggerer.
+        on_worker = {t for t, ti in nodes.items() if ti["hostname"]}
+        assert on_worker == {t for t in nodes if t.endswith("_model_build")}, nodes
+        models = ("stg_users", "stg_applications", "fct_users", "fct_applications")
+        assert asset_events_by_task(client, run) == {
+            f"{m}_model_build": f"dbt://{DAG_ID}/{m}" for m in models
+        }
         since = log.read_text()[start:]
         assert "Triggerer runs stock" in since
         assert "goes to the runner alone" not in since

@@ -21,7 +21,7 @@ import threading
 import time
 
 import pytest
-from airflow.triggers.base import TaskFailedEvent, TaskSuccessEvent
+from airflow.triggers.base import TaskFailedEvent, TaskSuccessEvent, TriggerEvent
 from cosmos.operators._watcher.state import get_dbt_event_xcom_key, get_status_xcom_key
 
 from include.dbt_platform.transformations.watcher.producer import AGGREGATE_XCOM_KEY
@@ -57,9 +57,9 @@ class SocketLikeLog:
         self._write("error", msg, *args, **kwargs)
 
 
-def run_trigger(node_status: str, node: str = NODE) -> tuple[list, SocketLikeLog]:
+def run_trigger(node_status: str, node: str = NODE, **kwargs) -> tuple[list, SocketLikeLog]:
     trigger = TaskEndingWatcherTrigger(
-        model_unique_id=node, producer_task_id="dbt_producer_watcher", dag_id="shop", run_id="r1"
+        model_unique_id=node, producer_task_id="dbt_producer_watcher", dag_id="shop", run_id="r1", **kwargs
     )
     trigger.task_instance = None
     log = trigger._log = SocketLikeLog()  # what LoggingMixin.log returns
@@ -111,6 +111,30 @@ def test_consumer_logs_its_result_without_blocking_the_event_loop(status, event_
     level, text = log.lines[1]
     assert NODE in text and status in text
     assert level == ("info" if status == "success" else "error")
+
+
+@pytest.mark.parametrize("registers", [True, False], ids=["patched-triggerer", "stock-triggerer"])
+def test_a_model_with_an_asset_ends_on_a_worker_where_the_triggerer_would_not_register_it(
+    registers, monkeypatch
+):
+    """Stock Airflow registers a task's asset events only when it ends on a worker; the platform's
+    triggerer patch registers them in the triggerer (sets the flag). A task without outlets, or one in
+    a patched triggerer, ends where it is; one with outlets in a stock triggerer resumes on a worker,
+    where Cosmos' execute_complete takes this event as a success."""
+    import include.dbt_platform.runtime as runtime
+
+    monkeypatch.setattr(runtime, "TRIGGERER_REGISTERS_OUTLETS", registers)
+    events, log = run_trigger("success", emits_assets=True)
+    if registers:
+        assert [type(e) for e in events] == [TaskSuccessEvent]
+    else:
+        assert [type(e) for e in events] == [TriggerEvent]
+        assert events[0].payload == {"status": "success"}
+        assert any("Ending on a worker" in text for _, text in log.lines), log.lines
+    events, _ = run_trigger("success", emits_assets=False)
+    assert [type(e) for e in events] == [TaskSuccessEvent], "no outlets: ends in the triggerer either way"
+    events, _ = run_trigger("error", emits_assets=True)
+    assert [type(e) for e in events] == [TaskFailedEvent], "a failure never needs a worker"
 
 
 @pytest.mark.parametrize(
@@ -347,5 +371,5 @@ def test_triggers_stored_under_the_old_classpath_still_deserialise():
     assert isinstance(trigger, TaskEndingWatcherTrigger)
     classpath, stored = trigger.serialize()
     assert classpath == TRIGGER_CLASSPATH != old, "re-serialised under the new path"
-    assert stored == kwargs
+    assert stored == {**kwargs, "emits_assets": False}, "stored before tasks carried assets"
     assert import_string(TRIGGER_CLASSPATH) is TaskEndingWatcherTrigger

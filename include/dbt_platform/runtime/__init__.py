@@ -24,6 +24,10 @@ import importlib.util
 import os
 import sys
 
+# Set in the triggerer by its patch (triggerer.install_outlet_registration) when it registers the asset
+# events of the tasks that succeed in it; its trigger runner, forked from it, reads it.
+TRIGGERER_REGISTERS_OUTLETS = False
+
 
 def airflow_command(argv: list[str] | None = None) -> list[str]:
     """The arguments after ``airflow`` if this process is Airflow's command line (the ``airflow``

@@ -61,13 +61,18 @@ class _Version:
             walk(dag["task_group"], [])
         self._tasks, self._paths = tasks, paths
 
-    def task_only(self, task_id: str) -> dict | None:
-        """The serialised DAG with ``task_id`` as its only task, or None to keep the whole DAG."""
+    def task_entry(self, task_id: str) -> dict | None:
+        """The task's serialised entry (``{"__type": "operator", "__var": {...}}``), or None."""
         with self._lock:
             if self._tasks is None:
                 self._index()
+        assert self._tasks is not None
+        return self._tasks.get(task_id)
+
+    def task_only(self, task_id: str) -> dict | None:
+        """The serialised DAG with ``task_id`` as its only task, or None to keep the whole DAG."""
+        entry = self.task_entry(task_id)
         assert self._tasks is not None and self._paths is not None
-        entry = self._tasks.get(task_id)
         dag = self.data["dag"]
         path = self._paths.get(task_id)
         if entry is None or ("task_group" in dag and path is None):

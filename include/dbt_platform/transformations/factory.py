@@ -122,21 +122,26 @@ def build_transformation_dag(project: DbtProject, settings: Settings | None = No
             "retry_exponential_backoff": True,
         },
     )
+    declare_model_assets(dag, project, nodes_end_in_triggerer=mode == "triggerer")
     if mode == "triggerer":
         run_consumers_in_triggerer(dag, poke_interval=settings.watcher_poke_interval)
-    declare_model_assets(dag, project)
     return dag
 
 
-def declare_model_assets(dag: DbtDag, project: DbtProject) -> None:
+def declare_model_assets(dag: DbtDag, project: DbtProject, *, nodes_end_in_triggerer: bool = False) -> None:
     """Give every model a stable asset (:func:`~.assets.model_asset`), emitted when it is refreshed.
 
-    LOCAL: each model's run (or build) task carries its model's asset. Triggerer mode: node tasks end in the
-    triggerer, where Airflow emits no asset events, so the producer (the one ``dbt build``) carries
-    them all and emits them when the build succeeds.
+    Each model's run (or build) task carries its model's asset, and Airflow registers the event when
+    that task succeeds, as the model is refreshed. One exception: where the node tasks end in the
+    triggerer (``nodes_end_in_triggerer``) and the platform's triggerer patch would not register
+    their events there (another Airflow version, ``DBT_PLATFORM_TRIGGERER_PATCH=off``: stock Airflow
+    registers asset events only for tasks that end on a worker), the producer (the one ``dbt
+    build``) carries them all and emits them when the build succeeds.
     """
     from cosmos.operators.local import DbtBuildLocalOperator, DbtRunLocalOperator
     from cosmos.operators.watcher import DbtProducerWatcherOperator
+
+    from include.dbt_platform.runtime.triggerer import outlet_registration_applies
 
     models = {}
     for task in dag.tasks:
@@ -148,7 +153,7 @@ def declare_model_assets(dag: DbtDag, project: DbtProject) -> None:
             models[node["unique_id"]] = task
     outlets = {uid: model_asset(project.name, uid.split(".")[-1]) for uid in models}
     producers = [t for t in dag.tasks if isinstance(t, DbtProducerWatcherOperator)]
-    if producers:
+    if producers and nodes_end_in_triggerer and outlet_registration_applies():
         producers[0].outlets = [*producers[0].outlets, *outlets.values()]
     else:
         for uid, task in models.items():

@@ -82,6 +82,8 @@ def run_consumers_in_triggerer(dag, poke_interval: float = 0.5) -> int:
                 "upstream_task_ids": sorted(set(task.upstream_task_ids) - {task.producer_task_id}),
                 "with_tests": isinstance(task, DbtBuildConsumerOperator)
                 and bool(tests_per_model.get(task.model_unique_id)),
+                # Its asset: registered by the triggerer, or the task ends on a worker (trigger.py).
+                "emits_assets": bool(task.outlets),
             },
             next_method="execute_complete",
             next_kwargs=None,

@@ -131,6 +131,7 @@ class TaskEndingWatcherTrigger(WatcherTrigger):
         is_test_sensor: bool = False,
         upstream_task_ids: list[str] | None = None,
         with_tests: bool = False,
+        emits_assets: bool = False,
     ) -> None:
         super().__init__(
             model_unique_id=model_unique_id,
@@ -143,6 +144,7 @@ class TaskEndingWatcherTrigger(WatcherTrigger):
         )
         self.upstream_task_ids = list(upstream_task_ids or [])
         self.with_tests = with_tests  # a build task: the node, then its tests
+        self.emits_assets = emits_assets  # the task has outlets (a model's asset)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -157,6 +159,7 @@ class TaskEndingWatcherTrigger(WatcherTrigger):
                 "is_test_sensor": self.is_test_sensor,
                 "upstream_task_ids": self.upstream_task_ids,
                 "with_tests": self.with_tests,
+                "emits_assets": self.emits_assets,
             },
         )
 
@@ -236,7 +239,7 @@ class TaskEndingWatcherTrigger(WatcherTrigger):
                 time.monotonic() - started,
                 ": older than its warn_after; its models run" if stale else "",
             )
-            yield TaskSuccessEvent()
+            yield await self._success()
         elif is_dbt_node_status_skipped(status):
             await self._say("info", "dbt %s was skipped by dbt", what)
             yield TaskSkippedEvent()
@@ -257,7 +260,7 @@ class TaskEndingWatcherTrigger(WatcherTrigger):
             await self._say(
                 "info", "dbt %s was not part of this build (ephemeral or empty): nothing to do", what
             )
-            yield TaskSuccessEvent()
+            yield await self._success(WatcherEventReason.NODE_NOT_RUN)
         elif producer == ProducerTaskState.SKIPPED:
             # The producer skipped itself (a re-run of the whole DAG run): run this node on a worker.
             yield TriggerEvent({"status": EventStatus.FAILED, "reason": WatcherEventReason.PRODUCER_SKIPPED})
@@ -270,6 +273,29 @@ class TaskEndingWatcherTrigger(WatcherTrigger):
                 producer,
             )
             yield TaskFailedEvent()
+
+    async def _success(self, reason: str | None = None) -> TriggerEvent:
+        """End the task here, or, if it has outlets this triggerer would not register, on a worker.
+
+        Stock Airflow registers a task's asset events only when it succeeds on a worker; the
+        platform's triggerer patch registers them for a task that succeeds here too
+        (runtime/triggerer.py: ``install_outlet_registration``). Without it such a task resumes on a
+        worker (Cosmos' ``execute_complete``: it logs the node's result and succeeds), slower but with
+        its events.
+        """
+        import include.dbt_platform.runtime as runtime
+
+        if self.emits_assets and not runtime.TRIGGERER_REGISTERS_OUTLETS:
+            await self._say(
+                "info",
+                "Ending on a worker so that Airflow registers this model's asset event: this triggerer "
+                "does not (it runs without the platform's patch; its log says why)",
+            )
+            event: dict[str, Any] = {"status": EventStatus.SUCCESS}
+            if reason:
+                event["reason"] = reason
+            return TriggerEvent(event)
+        return TaskSuccessEvent()
 
     async def _rerun_on_worker(self) -> AsyncIterator[TriggerEvent]:
         """A retry or a cleared task: once nothing upstream is unfinished, run dbt for this node."""

@@ -1,0 +1,149 @@
+"""The patched triggerer registers the asset events of a task that succeeds in it, as the API server does
+for a task that succeeds on a worker; a stock one registers none (so such a task resumes on a worker:
+tests/unit/test_watcher_trigger.py). Airflow's own ``Trigger.submit_event`` on a real deferred task
+instance in the real metadata database; the DAG factory's choice of which task carries a model's
+asset. On the live stack: tests/scheduler/test_transformations_on_scheduler.py.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from include.dbt_platform.runtime import triggerer
+from tests.harness import run_python
+from tests.integration.test_scheduler_order import scheduler_loop
+
+DAG_FILE = """
+from datetime import UTC, datetime
+
+from airflow.sdk import DAG, Asset, BaseOperator
+from airflow.triggers.base import StartTriggerArgs
+
+
+class StartsInTriggerer(BaseOperator):
+    def __init__(self, **kwargs):
+        super().__init__(trigger_rule="always", **kwargs)
+        self.start_from_trigger = True
+        self.start_trigger_args = StartTriggerArgs(
+            trigger_cls="airflow.triggers.testing.SuccessTrigger", trigger_kwargs={{}},
+            next_method="execute_complete", next_kwargs=None, timeout=None,
+        )
+
+    def execute_complete(self, context, event=None):
+        return event
+
+
+with DAG("{dag_id}", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=UTC)):
+    StartsInTriggerer(task_id="model_a", outlets=[Asset(name="{asset}", uri="{asset}")])
+    StartsInTriggerer(task_id="no_outlets")
+"""
+
+# What the triggerer's supervisor does with each event its runner reports (handle_events: one
+# transaction per event), here a TaskSuccessEvent for every deferred task of the run; then the asset
+# events the run's tasks have.
+SUBMIT = """
+import json
+from airflow import settings
+from airflow.models.asset import AssetEvent
+from airflow.models.taskinstance import TaskInstance
+from airflow.models.trigger import Trigger
+from airflow.triggers.base import TaskSuccessEvent
+from sqlalchemy import select
+from include.dbt_platform.runtime import triggerer
+{install}
+with settings.Session() as session:
+    deferred = session.scalars(select(TaskInstance).where(
+        TaskInstance.dag_id == {dag_id!r}, TaskInstance.state == "deferred")).all()
+    trigger_ids = [ti.trigger_id for ti in deferred]
+for trigger_id in trigger_ids:
+    with settings.Session() as session:
+        Trigger.submit_event(trigger_id, TaskSuccessEvent(), session=session)
+        session.commit()
+with settings.Session() as session:
+    events = session.scalars(select(AssetEvent).where(AssetEvent.source_dag_id == {dag_id!r})).all()
+    states = session.scalars(select(TaskInstance).where(TaskInstance.dag_id == {dag_id!r})).all()
+    print(json.dumps({{
+        "events": sorted([e.source_task_id, e.source_run_id, e.asset.uri] for e in events),
+        "states": {{ti.task_id: ti.state for ti in states}},
+    }}))
+"""
+
+
+@pytest.fixture
+def deferred_run(tmp_path, database):
+    """A run of a DAG whose two trigger-started tasks (one with an asset, one without) are deferred, as
+    the dag-processor, the REST API and a scheduler loop leave them."""
+    from airflow.api.common.delete_dag import delete_dag
+    from airflow.api.common.trigger_dag import trigger_dag
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
+    from airflow.utils.types import DagRunTriggeredByType
+
+    dag_id = f"outlets_{uuid.uuid4().hex[:8]}"
+    asset = f"dbt://outlets-test/{dag_id}/model_a"
+    (tmp_path / f"{dag_id}.py").write_text(DAG_FILE.format(dag_id=dag_id, asset=asset))
+    bag = DagBag(dag_folder=str(tmp_path))
+    assert dag_id in bag.dags, bag.import_errors
+    DagBundlesManager().sync_bundles_to_db()
+    sync_bag_to_db(bag, "dags-folder", None)
+    run_id = trigger_dag(dag_id, triggered_by=DagRunTriggeredByType.TEST).run_id
+    assert scheduler_loop(dag_id, run_id) == {"model_a": "deferred", "no_outlets": "deferred"}
+    yield dag_id, run_id, asset
+    delete_dag(dag_id, keep_records_in_log=False)
+
+
+@pytest.mark.parametrize("patched", [True, False], ids=["patched", "stock"])
+def test_a_task_that_succeeds_in_the_patched_triggerer_gets_its_asset_event(deferred_run, patched):
+    dag_id, run_id, asset = deferred_run
+    install = "assert triggerer.install()\nimport include.dbt_platform.runtime as r; assert r.TRIGGERER_REGISTERS_OUTLETS"
+    out = run_python(SUBMIT.format(install=install if patched else "", dag_id=dag_id))
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    assert found["states"] == {"model_a": "success", "no_outlets": "success"}
+    # Stock, a task that ends in the triggerer gets no asset event: that is why, without the patch,
+    # a model's task resumes on a worker instead (watcher/trigger.py).
+    assert found["events"] == ([["model_a", run_id, asset]] if patched else [])
+
+
+def test_the_outlet_registration_applies_to_this_airflow_and_says_why_not_elsewhere(monkeypatch):
+    import airflow
+
+    assert triggerer.outlet_registration_applies() is None, (
+        "re-check include/dbt_platform/runtime/triggerer.py's outlet registration on this Airflow"
+    )
+    monkeypatch.setenv("DBT_PLATFORM_TRIGGERER_PATCH", "off")
+    assert triggerer.outlet_registration_applies() == "DBT_PLATFORM_TRIGGERER_PATCH=off"
+    monkeypatch.delenv("DBT_PLATFORM_TRIGGERER_PATCH")
+    monkeypatch.setattr(airflow, "__version__", "3.4.0")
+    assert "Airflow 3.4.0 is not one of" in triggerer.outlet_registration_applies()
+
+
+@pytest.mark.parametrize("switch", ["on", "off"])
+def test_each_model_task_carries_its_asset_unless_its_triggerer_would_not_register_it(
+    tmp_path, monkeypatch, switch
+):
+    """The DAG factory: with the patch, each model's node task carries its model's asset (the build
+    none) and tells its trigger so; with the patch off, the build carries them all, as before."""
+    from include.dbt_platform.transformations.factory import build_transformation_dag
+    from include.dbt_platform.transformations.projects import load_project
+    from tests.harness import build_manifest, copy_project
+
+    monkeypatch.setenv("DBT_PLATFORM_TRIGGERER_PATCH", switch)
+    project = copy_project("inventory_transforms", tmp_path, "assets_check")
+    (project / "platform.yml").write_text("schema: assets_check\nexecution_mode: triggerer\n")
+    build_manifest(project)
+    dag = build_transformation_dag(load_project(project))
+    carried = {t.task_id: sorted(a.uri.rsplit("/", 1)[-1] for a in t.outlets) for t in dag.tasks if t.outlets}
+    models = ["fct_applications", "fct_users", "stg_applications", "stg_users"]
+    if switch == "on":
+        assert carried == {f"{m}_model_build": [m] for m in models}
+    else:
+        assert carried == {"dbt_producer_watcher": models}
+    emits = {
+        t.task_id: t.start_trigger_args.trigger_kwargs["emits_assets"]
+        for t in dag.tasks
+        if getattr(t, "start_from_trigger", False)
+    }
+    assert emits == {t: t in carried for t in emits} and len(emits) == 6, emits
