@@ -394,12 +394,17 @@ def install_outlet_registration(cache: _VersionCache) -> bool:
         base(event, task_instance=task_instance, session=session)
         if task_instance.state != TaskInstanceState.SUCCESS:
             return
-        bag = _CachingDagBag(DBDagBag(), cache)
-        version = bag.get_serialized_dag_model(version_id=task_instance.dag_version_id, session=session)
-        if version is None:
-            log.error("No serialised DAG for %s: its asset events, if any, are not registered", task_instance)
+        try:
+            bag = _CachingDagBag(DBDagBag(), cache)
+            version = bag.get_serialized_dag_model(version_id=task_instance.dag_version_id, session=session)
+            outlets = outlet_profiles(version.task_entry(task_instance.task_id) if version else None)
+            if version is None:
+                raise LookupError(f"no serialised DAG version {task_instance.dag_version_id}")
+        except Exception:  # the task has ended; an error here must not stop the triggerer
+            log.exception(
+                "The outlets of %s could not be read: no asset events registered for it", task_instance
+            )
             return
-        outlets = outlet_profiles(version.task_entry(task_instance.task_id))
         if not outlets:
             return
         callbacks = TaskInstance.register_asset_changes_in_db(task_instance, outlets, [], session=session)
