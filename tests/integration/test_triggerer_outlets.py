@@ -42,7 +42,7 @@ with DAG("{dag_id}", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=UTC))
 """
 
 # What the triggerer's supervisor does with each event its runner reports (handle_events: one
-# transaction per event), here a TaskSuccessEvent for every deferred task of the run; then the asset
+# transaction per event), here the same event for every deferred task of the run; then the asset
 # events the run's tasks have.
 SUBMIT = """
 import json
@@ -50,7 +50,7 @@ from airflow import settings
 from airflow.models.asset import AssetEvent
 from airflow.models.taskinstance import TaskInstance
 from airflow.models.trigger import Trigger
-from airflow.triggers.base import TaskSuccessEvent
+from airflow.triggers.base import TaskFailedEvent, TaskSuccessEvent
 from sqlalchemy import select
 from include.dbt_platform.runtime import triggerer
 {install}
@@ -60,7 +60,7 @@ with settings.Session() as session:
     trigger_ids = [ti.trigger_id for ti in deferred]
 for trigger_id in trigger_ids:
     with settings.Session() as session:
-        Trigger.submit_event(trigger_id, TaskSuccessEvent(), session=session)
+        Trigger.submit_event(trigger_id, {event}(), session=session)
         session.commit()
 with settings.Session() as session:
     events = session.scalars(select(AssetEvent).where(AssetEvent.source_dag_id == {dag_id!r})).all()
@@ -99,12 +99,24 @@ def deferred_run(tmp_path, database):
 def test_a_task_that_succeeds_in_the_patched_triggerer_gets_its_asset_event(deferred_run, patched):
     dag_id, run_id, asset = deferred_run
     install = "assert triggerer.install()\nimport include.dbt_platform.runtime as r; assert r.TRIGGERER_REGISTERS_OUTLETS"
-    out = run_python(SUBMIT.format(install=install if patched else "", dag_id=dag_id))
+    out = run_python(
+        SUBMIT.format(install=install if patched else "", dag_id=dag_id, event="TaskSuccessEvent")
+    )
     found = json.loads(out.stdout.strip().splitlines()[-1])
     assert found["states"] == {"model_a": "success", "no_outlets": "success"}
     # Stock, a task that ends in the triggerer gets no asset event: that is why, without the patch,
     # a model's task resumes on a worker instead (watcher/trigger.py).
     assert found["events"] == ([["model_a", run_id, asset]] if patched else [])
+
+
+def test_a_task_that_fails_in_the_patched_triggerer_gets_no_asset_event(deferred_run):
+    dag_id, _, _ = deferred_run
+    out = run_python(
+        SUBMIT.format(install="assert triggerer.install()", dag_id=dag_id, event="TaskFailedEvent")
+    )
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    assert found["states"] == {"model_a": "failed", "no_outlets": "failed"}
+    assert found["events"] == []
 
 
 def test_the_outlet_registration_applies_to_this_airflow_and_says_why_not_elsewhere(monkeypatch):
@@ -113,37 +125,80 @@ def test_the_outlet_registration_applies_to_this_airflow_and_says_why_not_elsewh
     assert triggerer.outlet_registration_applies() is None, (
         "re-check include/dbt_platform/runtime/triggerer.py's outlet registration on this Airflow"
     )
-    monkeypatch.setenv("DBT_PLATFORM_TRIGGERER_PATCH", "off")
-    assert triggerer.outlet_registration_applies() == "DBT_PLATFORM_TRIGGERER_PATCH=off"
-    monkeypatch.delenv("DBT_PLATFORM_TRIGGERER_PATCH")
+    monkeypatch.setenv("DBT_PLATFORM_TRIGGERER_PATCH", "off")  # the triggerer's switch, not the code's
+    assert triggerer.outlet_registration_applies() is None
     monkeypatch.setattr(airflow, "__version__", "3.4.0")
     assert "Airflow 3.4.0 is not one of" in triggerer.outlet_registration_applies()
 
 
-@pytest.mark.parametrize("switch", ["on", "off"])
-def test_each_model_task_carries_its_asset_unless_its_triggerer_would_not_register_it(
-    tmp_path, monkeypatch, switch
+def test_a_success_handler_of_airflows_own_is_never_replaced():
+    # Should Airflow handle a TaskSuccessEvent itself one day (perhaps registering assets), the patch
+    # leaves it alone, says why, and the trigger sends tasks with outlets to a worker.
+    code = (
+        "from airflow.models import trigger\n"
+        "from airflow.triggers.base import TaskSuccessEvent\n"
+        "from include.dbt_platform.runtime import triggerer\n"
+        "import include.dbt_platform.runtime as runtime\n"
+        "@trigger.handle_event_submit.register\n"
+        "def upstream(event: TaskSuccessEvent, *, task_instance, session): pass\n"
+        "print(triggerer.outlet_registration_applies())\n"
+        "assert triggerer.install()\n"
+        "assert trigger.handle_event_submit.dispatch(TaskSuccessEvent) is upstream\n"
+        "assert not runtime.TRIGGERER_REGISTERS_OUTLETS\n"
+    )
+    out = run_python(code)
+    assert "handle_event_submit has its own TaskSuccessEvent handler" in out.stdout
+    assert (
+        "Triggerer registers no asset events; tasks with outlets resume on a worker"
+        in out.stdout + out.stderr
+    )
+
+
+@pytest.mark.parametrize(
+    ("mode", "behavior", "version"),
+    [
+        ("triggerer", "build", None),
+        ("triggerer", "after_each", None),
+        ("watcher", "after_each", None),
+        ("local", "after_each", None),
+        ("triggerer", "build", "3.4.0"),
+    ],
+)
+def test_each_model_task_carries_its_asset_unless_its_triggerer_could_not_register_it(
+    tmp_path, monkeypatch, mode, behavior, version
 ):
-    """The DAG factory: with the patch, each model's node task carries its model's asset (the build
-    none) and tells its trigger so; with the patch off, the build carries them all, as before."""
+    """The DAG factory: each model's run (or build) task carries its model's asset, never its tests'
+    task, and a trigger-started one tells its trigger so; on an Airflow the triggerer patch was not
+    written for, the build carries them all, as before. The triggerer patch's switch does not count:
+    the workers parse the DAG too, and must see the same outlets."""
+    import airflow
+
     from include.dbt_platform.transformations.factory import build_transformation_dag
     from include.dbt_platform.transformations.projects import load_project
     from tests.harness import build_manifest, copy_project
 
-    monkeypatch.setenv("DBT_PLATFORM_TRIGGERER_PATCH", switch)
+    monkeypatch.setenv("DBT_PLATFORM_TRIGGERER_PATCH", "off")  # changes nothing here
+    if version:
+        monkeypatch.setattr(airflow, "__version__", version)
     project = copy_project("inventory_transforms", tmp_path, "assets_check")
-    (project / "platform.yml").write_text("schema: assets_check\nexecution_mode: triggerer\n")
+    (project / "platform.yml").write_text(
+        f"schema: assets_check\nexecution_mode: {mode}\ntest_behavior: {behavior}\n"
+    )
     build_manifest(project)
     dag = build_transformation_dag(load_project(project))
     carried = {t.task_id: sorted(a.uri.rsplit("/", 1)[-1] for a in t.outlets) for t in dag.tasks if t.outlets}
     models = ["fct_applications", "fct_users", "stg_applications", "stg_users"]
-    if switch == "on":
-        assert carried == {f"{m}_model_build": [m] for m in models}
-    else:
+    if version:
         assert carried == {"dbt_producer_watcher": models}
+    elif behavior == "build":
+        assert carried == {f"{m}_model_build": [m] for m in models}
+    else:  # a model's run task, in its task group; not the group's test task
+        assert carried == {f"{m}.run": [m] for m in models}, carried
+    if mode != "triggerer":
+        return
     emits = {
         t.task_id: t.start_trigger_args.trigger_kwargs["emits_assets"]
         for t in dag.tasks
         if getattr(t, "start_from_trigger", False)
     }
-    assert emits == {t: t in carried for t in emits} and len(emits) == 6, emits
+    assert emits == {t: t in carried for t in emits} and len(emits) >= 6, emits

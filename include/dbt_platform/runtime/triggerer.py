@@ -54,10 +54,11 @@ server's success call from a worker; a task ended by a ``TaskSuccessEvent`` gets
 node task carries its model's asset, so each event lands as the model is refreshed, during the build,
 instead of all of them in the build's success call at the run's end (1.7 s at 500 models, 4.8 s at
 1,000, one at a time). The trigger runner, forked from the supervisor after the patch, reads the flag
-it sets (``include.dbt_platform.runtime.TRIGGERER_REGISTERS_OUTLETS``): in a triggerer without it, a
-task with outlets resumes on a worker instead, where Airflow registers them. The DAG factory asks
-:func:`outlet_registration_applies` too: where the patch would not apply (another Airflow, switched
-off) the build carries every model's asset, as before.
+it sets (``include.dbt_platform.runtime.TRIGGERER_REGISTERS_OUTLETS``): in a triggerer without it
+(switched off, or refused), a task with outlets resumes on a worker instead, where Airflow registers
+them. The DAG factory asks :func:`outlet_registration_applies` too: on an Airflow where it would not
+apply the build carries every model's asset, as before. This part has its own guard and applies
+even where the rest of the patch is refused.
 
 Nothing else changes: the trigger, its kwargs, the template context (``dag``, ``params``,
 ``dag_run``, ``ti``...) are built by Airflow's own code from that data. A task that is mapped or
@@ -305,12 +306,12 @@ _EXPECTED_HANDLER_PARAMETERS = ["event", "task_instance", "session"]
 
 
 def outlet_registration_applies() -> str | None:
-    """None if a triggerer patched here registers the outlets of the tasks that succeed in it, else why
-    not. The DAG factory asks too, when it decides which task carries a model's asset."""
+    """None if a patched triggerer of this Airflow registers the outlets of the tasks that succeed in
+    it, else why not. The DAG factory asks too, in every process that parses the DAGs, when it
+    decides which task carries a model's asset: so it asks only what is the same in all of them (the
+    code, not ``DBT_PLATFORM_TRIGGERER_PATCH``; a triggerer switched off sends such tasks to a worker)."""
     import airflow
 
-    if switched_off("DBT_PLATFORM_TRIGGERER_PATCH"):
-        return "DBT_PLATFORM_TRIGGERER_PATCH=off"
     if not airflow.__version__.startswith(PATCHED_AIRFLOW):
         return f"Airflow {airflow.__version__} is not one of {PATCHED_AIRFLOW}"
     from airflow.models import trigger
@@ -325,6 +326,11 @@ def outlet_registration_applies() -> str | None:
         return f"handle_event_submit's BaseTaskEndEvent handler{inspect.signature(base)} changed"
     if not issubclass(TaskSuccessEvent, BaseTaskEndEvent):
         return "TaskSuccessEvent is no BaseTaskEndEvent"
+    handler = handle.dispatch(TaskSuccessEvent)
+    if handler is not base and not getattr(handler, "_dbt_platform_patch", False):
+        return "handle_event_submit has its own TaskSuccessEvent handler"
+    if "asset" in inspect.getsource(base).lower():
+        return "handle_event_submit's BaseTaskEndEvent handler deals with assets itself"
     register = getattr(TaskInstance, "register_asset_changes_in_db", None)
     if register is None:
         return "TaskInstance.register_asset_changes_in_db is gone"
@@ -361,6 +367,32 @@ def outlet_profiles(entry: dict | None) -> list[AssetProfile]:
     return profiles
 
 
+# Listener callbacks of the asset events registered in the event being handled: run once it is
+# committed, as the API server does (the supervisor handles one event at a time, in one thread).
+_asset_callbacks: list = []
+
+
+def _after_commit(on_trigger_event):
+    def on_trigger_event_then_listeners(self, trigger_id, event):
+        _asset_callbacks.clear()
+        try:
+            on_trigger_event(self, trigger_id, event)  # Trigger.submit_event: its own session, committed
+        except BaseException:
+            _asset_callbacks.clear()  # rolled back: nothing to tell
+            raise
+        callbacks = list(_asset_callbacks)
+        _asset_callbacks.clear()
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:  # a listener's error must not stop the triggerer
+                log.exception("An asset listener failed")
+
+    on_trigger_event_then_listeners._dbt_platform_patch = True  # type: ignore[attr-defined]
+    on_trigger_event_then_listeners.__wrapped__ = on_trigger_event  # type: ignore[attr-defined]
+    return on_trigger_event_then_listeners
+
+
 def install_outlet_registration(cache: _VersionCache) -> bool:
     """In the triggerer: a task that succeeds in it gets its outlets' asset events, as on a worker.
 
@@ -368,11 +400,14 @@ def install_outlet_registration(cache: _VersionCache) -> bool:
     a task's asset events only in the API server's success call from a worker. The handler below runs
     Airflow's own handler, then, for a task now in state success, the API server's own
     ``TaskInstance.register_asset_changes_in_db`` with the task's outlets (read from the serialised
-    DAG version the task instance belongs to, cached per version), in the same transaction, and then
-    the listeners' callbacks it returns (the triggerer notifies its asset watchers' listeners inline
-    too). The flag :data:`include.dbt_platform.runtime.TRIGGERER_REGISTERS_OUTLETS` tells the trigger
-    runner (forked from this process after the patch) that it may end such a task here.
+    DAG version the task instance belongs to, cached per version), in a savepoint of the same
+    transaction: an error there is logged and loses those events, never the task's end nor the
+    triggerer (an exception out of the supervisor's event handling would stop it, and every deferred
+    task with it). The listeners' callbacks run after the commit, as in the API server. The flag
+    :data:`include.dbt_platform.runtime.TRIGGERER_REGISTERS_OUTLETS` tells the trigger runner (forked
+    from this process after the patch) that it may end such a task here.
     """
+    from airflow.jobs.triggerer_job_runner import TriggerRunnerSupervisor
     from airflow.models import trigger
     from airflow.models.dagbag import DBDagBag
     from airflow.models.taskinstance import TaskInstance
@@ -385,6 +420,13 @@ def install_outlet_registration(cache: _VersionCache) -> bool:
         runtime.TRIGGERER_REGISTERS_OUTLETS = True
         return True
     reason = outlet_registration_applies()
+    on_trigger_event = TriggerRunnerSupervisor.on_trigger_event
+    if reason is None and list(inspect.signature(on_trigger_event).parameters) != [
+        "self",
+        "trigger_id",
+        "event",
+    ]:
+        reason = f"TriggerRunnerSupervisor.on_trigger_event{inspect.signature(on_trigger_event)} changed"
     if reason:
         log.warning("Triggerer registers no asset events; tasks with outlets resume on a worker: %s", reason)
         return False
@@ -395,27 +437,24 @@ def install_outlet_registration(cache: _VersionCache) -> bool:
         if task_instance.state != TaskInstanceState.SUCCESS:
             return
         try:
-            bag = _CachingDagBag(DBDagBag(), cache)
-            version = bag.get_serialized_dag_model(version_id=task_instance.dag_version_id, session=session)
-            outlets = outlet_profiles(version.task_entry(task_instance.task_id) if version else None)
-            if version is None:
-                raise LookupError(f"no serialised DAG version {task_instance.dag_version_id}")
-        except Exception:  # the task has ended; an error here must not stop the triggerer
-            log.exception(
-                "The outlets of %s could not be read: no asset events registered for it", task_instance
-            )
-            return
-        if not outlets:
-            return
-        callbacks = TaskInstance.register_asset_changes_in_db(task_instance, outlets, [], session=session)
-        for callback in callbacks:
-            try:
-                callback()
-            except Exception:  # a listener's error must not undo the task's end
-                log.exception("An asset listener failed for %s", task_instance)
+            with session.begin_nested():
+                bag = _CachingDagBag(DBDagBag(), cache)
+                version = bag.get_serialized_dag_model(
+                    version_id=task_instance.dag_version_id, session=session
+                )
+                if version is None:
+                    raise LookupError(f"no serialised DAG version {task_instance.dag_version_id}")
+                outlets = outlet_profiles(version.task_entry(task_instance.task_id))
+                if outlets:
+                    _asset_callbacks.extend(
+                        TaskInstance.register_asset_changes_in_db(task_instance, outlets, [], session=session)
+                    )
+        except Exception:  # the task has ended; its events must not stop the triggerer
+            log.exception("No asset events registered for %s", task_instance)
 
     handle_success._dbt_platform_patch = True  # type: ignore[attr-defined]
     handle_success.__wrapped__ = base  # type: ignore[attr-defined]
+    TriggerRunnerSupervisor.on_trigger_event = _after_commit(on_trigger_event)  # type: ignore[method-assign]
     trigger.handle_event_submit.register(TaskSuccessEvent)(handle_success)
     runtime.TRIGGERER_REGISTERS_OUTLETS = True
     return True
@@ -456,6 +495,9 @@ def install() -> bool:
 
     if getattr(TriggerRunnerSupervisor._create_workload, "_dbt_platform_patch", False):
         return True
+    cache = _VersionCache()
+    # Guarded on its own, as the DAG factory asks: its tasks would otherwise all end on a worker.
+    outlets = install_outlet_registration(cache)
     reason = patch_applies()
     if reason:
         log.warning("Triggerer runs unpatched (each task gets the whole DAG): %s", reason)
@@ -463,8 +505,6 @@ def install() -> bool:
     filtered = install_callback_filter()
     paced = install_pacing()
     original = TriggerRunnerSupervisor._create_workload
-    cache = _VersionCache()
-    outlets = install_outlet_registration(cache)
     failures: set[str] = set()
 
     def _create_workload(self, trigger, dag_bag, render_log_fname, session):

@@ -132,11 +132,13 @@ def declare_model_assets(dag: DbtDag, project: DbtProject, *, nodes_end_in_trigg
     """Give every model a stable asset (:func:`~.assets.model_asset`), emitted when it is refreshed.
 
     Each model's run (or build) task carries its model's asset, and Airflow registers the event when
-    that task succeeds, as the model is refreshed. One exception: where the node tasks end in the
-    triggerer (``nodes_end_in_triggerer``) and the platform's triggerer patch would not register
-    their events there (another Airflow version, ``DBT_PLATFORM_TRIGGERER_PATCH=off``: stock Airflow
-    registers asset events only for tasks that end on a worker), the producer (the one ``dbt
-    build``) carries them all and emits them when the build succeeds.
+    that task succeeds, as the model is refreshed. Where the node tasks end in the triggerer
+    (``nodes_end_in_triggerer``), the platform's triggerer patch registers them there (stock Airflow
+    registers asset events only for tasks that end on a worker), and a triggerer without it sends
+    such a task to a worker to succeed. One exception: on an Airflow the patch was not written for,
+    the producer (the one ``dbt build``) carries them all and emits them when the build succeeds.
+    The choice depends only on the code (the same in every process that parses the DAG, workers
+    included: a worker reports its task's outlets from its own parse), never on the environment.
     """
     from cosmos.operators.local import DbtBuildLocalOperator, DbtRunLocalOperator
     from cosmos.operators.watcher import DbtProducerWatcherOperator
@@ -146,9 +148,12 @@ def declare_model_assets(dag: DbtDag, project: DbtProject, *, nodes_end_in_trigg
     models = {}
     for task in dag.tasks:
         node = (getattr(task, "extra_context", None) or {}).get("dbt_node_config") or {}
-        # A model's run or build task; its tests' task carries the same node.
-        if node.get("resource_type") == "model" and isinstance(
-            task, (DbtRunLocalOperator, DbtBuildLocalOperator)
+        # A model's run or build task. Its tests' task carries the same node, and in the watcher modes
+        # is a DbtRunLocalOperator too (Cosmos' DbtTestWatcherOperator): the model's own task emits.
+        if (
+            node.get("resource_type") == "model"
+            and isinstance(task, (DbtRunLocalOperator, DbtBuildLocalOperator))
+            and not getattr(task, "is_test_sensor", False)
         ):
             models[node["unique_id"]] = task
     outlets = {uid: model_asset(project.name, uid.split(".")[-1]) for uid in models}
