@@ -110,6 +110,8 @@ def test_a_task_that_succeeds_in_the_patched_triggerer_gets_its_asset_event(defe
 
 
 def test_a_task_that_fails_in_the_patched_triggerer_gets_no_asset_event(deferred_run):
+    # A TaskFailedEvent goes to Airflow's own handler, not the patch's: this guards against the
+    # registration moving to every task end.
     dag_id, _, _ = deferred_run
     out = run_python(
         SUBMIT.format(install="assert triggerer.install()", dag_id=dag_id, event="TaskFailedEvent")
@@ -202,3 +204,67 @@ def test_each_model_task_carries_its_asset_unless_its_triggerer_could_not_regist
         if getattr(t, "start_from_trigger", False)
     }
     assert emits == {t: t in carried for t in emits} and len(emits) >= 6, emits
+
+
+# The supervisor's own path: TriggerRunnerSupervisor.on_trigger_event (Trigger.submit_event in its own
+# session) with a listener of asset changes that looks, from another session, for the event it is
+# told about; or, with a registration that writes its rows and then fails, the task's end without them.
+THROUGH_THE_SUPERVISOR = """
+import json, logging
+logging.basicConfig(level=logging.INFO)
+from airflow import settings
+from airflow.jobs.triggerer_job_runner import TriggerRunnerSupervisor
+from airflow.listeners import hookimpl
+from airflow.listeners.listener import get_listener_manager
+from airflow.models.asset import AssetEvent
+from airflow.models.taskinstance import TaskInstance
+from airflow.triggers.base import TaskSuccessEvent
+from sqlalchemy import select, func
+from include.dbt_platform.runtime import triggerer
+assert triggerer.install()
+seen = []
+
+class Listener:
+    @hookimpl
+    def on_asset_changed(self, asset):
+        with settings.Session() as other:  # committed rows only
+            seen.append(other.scalar(select(func.count()).select_from(AssetEvent).where(
+                AssetEvent.source_dag_id == {dag_id!r})))
+
+get_listener_manager().add_listener(Listener())
+if {fail!r}:
+    register = TaskInstance.register_asset_changes_in_db
+    def register_then_fail(*args, **kwargs):
+        register(*args, **kwargs)  # rows written in the savepoint
+        raise RuntimeError("injected: the registration failed")
+    TaskInstance.register_asset_changes_in_db = staticmethod(register_then_fail)
+with settings.Session() as session:
+    deferred = session.scalars(select(TaskInstance).where(
+        TaskInstance.dag_id == {dag_id!r}, TaskInstance.state == "deferred")).all()
+    trigger_ids = [ti.trigger_id for ti in deferred]
+for trigger_id in trigger_ids:
+    TriggerRunnerSupervisor.on_trigger_event(None, trigger_id=trigger_id, event=TaskSuccessEvent())
+with settings.Session() as session:
+    events = session.scalars(select(AssetEvent).where(AssetEvent.source_dag_id == {dag_id!r})).all()
+    states = session.scalars(select(TaskInstance).where(TaskInstance.dag_id == {dag_id!r})).all()
+    print(json.dumps({{"events": [e.source_task_id for e in events], "seen": seen,
+                      "states": {{ti.task_id: ti.state for ti in states}}}}))
+"""
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["registered", "registration-fails"])
+def test_listeners_hear_of_an_event_once_committed_and_a_failed_registration_keeps_the_tasks_end(
+    deferred_run, fail
+):
+    dag_id, _, _ = deferred_run
+    out = run_python(THROUGH_THE_SUPERVISOR.format(dag_id=dag_id, fail=fail))
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    assert found["states"] == {"model_a": "success", "no_outlets": "success"}
+    if fail:
+        # The savepoint took the half-written event back; the task's end was committed; it says so.
+        assert found["events"] == [] and found["seen"] == []
+        assert "No asset events registered for" in out.stdout + out.stderr
+        assert "injected: the registration failed" in out.stdout + out.stderr
+    else:
+        assert found["events"] == ["model_a"]
+        assert found["seen"] == [1], "the listener was told before the event was committed"

@@ -458,9 +458,9 @@ def test_a_triggerer_without_the_patch_still_runs_every_node(client, warehouse):
             t: ti for t, ti in task_instances(client, DAG_ID, run).items() if t != "dbt_producer_watcher"
         }
         assert nodes and all(ti["state"] == "success" for ti in nodes.values()), nodes
-        # A stock triggerer registers no asset events: the models' tasks (which carry their assets,
-        # as the dag-processor runs with the patch) ended on a worker, where Airflow registers them;
-        # the seeds' tasks, which carry none, ended in the triggerer.
+        # A stock triggerer registers no asset events: the models' tasks (which carry their assets:
+        # the DAG's outlets never depend on the switch) ended on a worker, where Airflow registers
+        # them; the seeds' tasks, which carry none, ended in the triggerer.
         on_worker = {t for t, ti in nodes.items() if ti["hostname"]}
         assert on_worker == {t for t in nodes if t.endswith("_model_build")}, nodes
         models = ("stg_users", "stg_applications", "fct_users", "fct_applications")

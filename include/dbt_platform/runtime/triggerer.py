@@ -329,14 +329,18 @@ def outlet_registration_applies() -> str | None:
     handler = handle.dispatch(TaskSuccessEvent)
     if handler is not base and not getattr(handler, "_dbt_platform_patch", False):
         return "handle_event_submit has its own TaskSuccessEvent handler"
-    if "asset" in inspect.getsource(base).lower():
+    try:
+        handler_source = inspect.getsource(base).lower()
+        submit = inspect.getsource(trigger.Trigger.submit_event)
+    except (OSError, TypeError) as err:  # no sources shipped: cannot tell
+        return f"Airflow's trigger handling cannot be read: {err}"
+    if "asset" in handler_source or "outlet" in handler_source:
         return "handle_event_submit's BaseTaskEndEvent handler deals with assets itself"
     register = getattr(TaskInstance, "register_asset_changes_in_db", None)
     if register is None:
         return "TaskInstance.register_asset_changes_in_db is gone"
     if list(inspect.signature(register).parameters) != _EXPECTED_REGISTER_PARAMETERS:
         return f"TaskInstance.register_asset_changes_in_db{inspect.signature(register)} changed"
-    submit = inspect.getsource(trigger.Trigger.submit_event)
     if "handle_event_submit(event, task_instance=task_instance, session=session)" not in submit:
         return "Trigger.submit_event no longer hands each deferred task to handle_event_submit"
     return None
@@ -365,6 +369,21 @@ def outlet_profiles(entry: dict | None) -> list[AssetProfile]:
             profiles.append(AssetProfile("AssetUriRef", uri=var["uri"]))
         # An alias registers nothing without events the task itself emitted (none here).
     return profiles
+
+
+def _commits_each_event(on_trigger_event) -> str | None:
+    """None if the supervisor's ``on_trigger_event`` is Airflow 3.3's (``Trigger.submit_event`` in a
+    session of its own, committed when it returns), else why not."""
+    try:
+        if list(inspect.signature(on_trigger_event).parameters) != ["self", "trigger_id", "event"]:
+            return f"TriggerRunnerSupervisor.on_trigger_event{inspect.signature(on_trigger_event)} changed"
+        if "Trigger.submit_event(trigger_id=trigger_id, event=event)" not in inspect.getsource(
+            on_trigger_event
+        ):
+            return "TriggerRunnerSupervisor.on_trigger_event no longer submits each event on its own"
+    except (OSError, TypeError) as err:
+        return f"TriggerRunnerSupervisor.on_trigger_event cannot be read: {err}"
+    return None
 
 
 # Listener callbacks of the asset events registered in the event being handled: run once it is
@@ -413,6 +432,7 @@ def install_outlet_registration(cache: _VersionCache) -> bool:
     from airflow.models.taskinstance import TaskInstance
     from airflow.triggers.base import BaseTaskEndEvent, TaskSuccessEvent
     from airflow.utils.state import TaskInstanceState
+    from sqlalchemy import select
 
     import include.dbt_platform.runtime as runtime
 
@@ -421,20 +441,23 @@ def install_outlet_registration(cache: _VersionCache) -> bool:
         return True
     reason = outlet_registration_applies()
     on_trigger_event = TriggerRunnerSupervisor.on_trigger_event
-    if reason is None and list(inspect.signature(on_trigger_event).parameters) != [
-        "self",
-        "trigger_id",
-        "event",
-    ]:
-        reason = f"TriggerRunnerSupervisor.on_trigger_event{inspect.signature(on_trigger_event)} changed"
+    if reason is None:
+        reason = _commits_each_event(on_trigger_event)
     if reason:
         log.warning("Triggerer registers no asset events; tasks with outlets resume on a worker: %s", reason)
         return False
     base = trigger.handle_event_submit.registry[BaseTaskEndEvent]
 
     def handle_success(event, *, task_instance, session):
+        # Two triggerers can fire the same trigger (a reassignment): Airflow's select of the deferred
+        # task takes no lock, so the one that waits here finds it ended and registers nothing.
+        still_deferred = session.scalar(
+            select(TaskInstance.id)
+            .where(TaskInstance.id == task_instance.id, TaskInstance.state == TaskInstanceState.DEFERRED)
+            .with_for_update()
+        )
         base(event, task_instance=task_instance, session=session)
-        if task_instance.state != TaskInstanceState.SUCCESS:
+        if still_deferred is None or task_instance.state != TaskInstanceState.SUCCESS:
             return
         try:
             with session.begin_nested():
@@ -444,7 +467,10 @@ def install_outlet_registration(cache: _VersionCache) -> bool:
                 )
                 if version is None:
                     raise LookupError(f"no serialised DAG version {task_instance.dag_version_id}")
-                outlets = outlet_profiles(version.task_entry(task_instance.task_id))
+                entry = version.task_entry(task_instance.task_id)
+                if entry is None:
+                    raise LookupError(f"no task {task_instance.task_id} in DAG version {version.version_id}")
+                outlets = outlet_profiles(entry)
                 if outlets:
                     _asset_callbacks.extend(
                         TaskInstance.register_asset_changes_in_db(task_instance, outlets, [], session=session)
@@ -457,6 +483,7 @@ def install_outlet_registration(cache: _VersionCache) -> bool:
     TriggerRunnerSupervisor.on_trigger_event = _after_commit(on_trigger_event)  # type: ignore[method-assign]
     trigger.handle_event_submit.register(TaskSuccessEvent)(handle_success)
     runtime.TRIGGERER_REGISTERS_OUTLETS = True
+    log.info("Triggerer registers the asset events of the tasks that succeed in it")
     return True
 
 
@@ -490,7 +517,8 @@ def patch_applies() -> str | None:
 
 
 def install() -> bool:
-    """Patch the triggerer supervisor (this process); False, with a warning, where it does not apply."""
+    """Patch the triggerer supervisor (this process); False, with a warning, where it does not apply.
+    The asset events' registration has its own guard and log line, and installs either way."""
     from airflow.jobs.triggerer_job_runner import TriggerRunnerSupervisor
 
     if getattr(TriggerRunnerSupervisor._create_workload, "_dbt_platform_patch", False):
