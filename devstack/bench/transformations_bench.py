@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--compare",
-        default="after_each,local",
+        default="after_each,watcher,local",
         help="comma-separated modes run once each for comparison: local, after_each (triggerer mode, "
         "tests as their own tasks), watcher; '' for none",
     )
