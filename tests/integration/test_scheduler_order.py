@@ -6,17 +6,19 @@ run in the real metadata database, patched and stock. On the real scheduler: tes
 from __future__ import annotations
 
 import uuid
+from contextlib import contextmanager
 
 import pytest
 
 from include.dbt_platform.runtime import scheduler_order
 from tests.harness import run_as_airflow_command
 
-DAG_FILE = """
+# A task that starts and ends in the triggerer (Airflow's own SuccessTrigger); DAG files start with it.
+STARTS_IN_TRIGGERER = """
 from datetime import UTC, datetime
 
 from airflow.providers.standard.operators.empty import EmptyOperator
-from airflow.sdk import DAG, BaseOperator
+from airflow.sdk import DAG, Asset, BaseOperator
 from airflow.triggers.base import StartTriggerArgs
 
 
@@ -25,13 +27,15 @@ class StartsInTriggerer(BaseOperator):
         super().__init__(trigger_rule="always", **kwargs)
         self.start_from_trigger = True
         self.start_trigger_args = StartTriggerArgs(
-            trigger_cls="airflow.triggers.testing.SuccessTrigger", trigger_kwargs={{}},
+            trigger_cls="airflow.triggers.testing.SuccessTrigger", trigger_kwargs={},
             next_method="execute_complete", next_kwargs=None, timeout=None,
         )
 
     def execute_complete(self, context, event=None):
         return event
+"""
 
+DAG_FILE = """
 
 class OnAWorker(BaseOperator):
     def execute(self, context):
@@ -45,26 +49,35 @@ with DAG("{dag_id}", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=UTC))
 """
 
 
-@pytest.fixture
-def run(tmp_path, database, request):
-    """A queued run of a DAG with a worker task (or an empty one: ``indirect`` param) and three
-    trigger-started ones, as the dag-processor and the REST API would leave it."""
+@contextmanager
+def queued_run(folder, dag_id: str, dag_file: str):
+    """A queued run of the DAG ``dag_file`` defines (after :data:`STARTS_IN_TRIGGERER`), as the
+    dag-processor and the REST API would leave it; the DAG and its rows are deleted afterwards."""
     from airflow.api.common.delete_dag import delete_dag
     from airflow.api.common.trigger_dag import trigger_dag
     from airflow.dag_processing.bundles.manager import DagBundlesManager
     from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
     from airflow.utils.types import DagRunTriggeredByType
 
-    dag_id = f"order_{uuid.uuid4().hex[:8]}"
-    first = getattr(request, "param", "OnAWorker")
-    (tmp_path / f"{dag_id}.py").write_text(DAG_FILE.format(dag_id=dag_id, first=first))
-    bag = DagBag(dag_folder=str(tmp_path))
+    (folder / f"{dag_id}.py").write_text(STARTS_IN_TRIGGERER + dag_file)
+    bag = DagBag(dag_folder=str(folder))
     assert dag_id in bag.dags, bag.import_errors
     DagBundlesManager().sync_bundles_to_db()  # the dag-processor registers its bundles first
     sync_bag_to_db(bag, "dags-folder", None)
-    dag_run = trigger_dag(dag_id, triggered_by=DagRunTriggeredByType.TEST)
-    yield dag_id, dag_run.run_id
-    delete_dag(dag_id, keep_records_in_log=False)
+    try:
+        yield trigger_dag(dag_id, triggered_by=DagRunTriggeredByType.TEST).run_id
+    finally:
+        delete_dag(dag_id, keep_records_in_log=False)
+
+
+@pytest.fixture
+def run(tmp_path, database, request):
+    """A queued run of a DAG with a worker task (or an empty one: ``indirect`` param) and three
+    trigger-started ones."""
+    dag_id = f"order_{uuid.uuid4().hex[:8]}"
+    first = getattr(request, "param", "OnAWorker")
+    with queued_run(tmp_path, dag_id, DAG_FILE.format(dag_id=dag_id, first=first)) as run_id:
+        yield dag_id, run_id
 
 
 def scheduler_loop(dag_id: str, run_id: str) -> dict[str, str | None]:

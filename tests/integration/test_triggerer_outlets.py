@@ -14,27 +14,9 @@ import pytest
 
 from include.dbt_platform.runtime import triggerer
 from tests.harness import run_python
-from tests.integration.test_scheduler_order import scheduler_loop
+from tests.integration.test_scheduler_order import queued_run, scheduler_loop
 
 DAG_FILE = """
-from datetime import UTC, datetime
-
-from airflow.sdk import DAG, Asset, BaseOperator
-from airflow.triggers.base import StartTriggerArgs
-
-
-class StartsInTriggerer(BaseOperator):
-    def __init__(self, **kwargs):
-        super().__init__(trigger_rule="always", **kwargs)
-        self.start_from_trigger = True
-        self.start_trigger_args = StartTriggerArgs(
-            trigger_cls="airflow.triggers.testing.SuccessTrigger", trigger_kwargs={{}},
-            next_method="execute_complete", next_kwargs=None, timeout=None,
-        )
-
-    def execute_complete(self, context, event=None):
-        return event
-
 
 with DAG("{dag_id}", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=UTC)):
     StartsInTriggerer(task_id="model_a", outlets=[Asset(name="{asset}", uri="{asset}")])
@@ -76,23 +58,11 @@ with settings.Session() as session:
 def deferred_run(tmp_path, database):
     """A run of a DAG whose two trigger-started tasks (one with an asset, one without) are deferred, as
     the dag-processor, the REST API and a scheduler loop leave them."""
-    from airflow.api.common.delete_dag import delete_dag
-    from airflow.api.common.trigger_dag import trigger_dag
-    from airflow.dag_processing.bundles.manager import DagBundlesManager
-    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
-    from airflow.utils.types import DagRunTriggeredByType
-
     dag_id = f"outlets_{uuid.uuid4().hex[:8]}"
     asset = f"dbt://outlets-test/{dag_id}/model_a"
-    (tmp_path / f"{dag_id}.py").write_text(DAG_FILE.format(dag_id=dag_id, asset=asset))
-    bag = DagBag(dag_folder=str(tmp_path))
-    assert dag_id in bag.dags, bag.import_errors
-    DagBundlesManager().sync_bundles_to_db()
-    sync_bag_to_db(bag, "dags-folder", None)
-    run_id = trigger_dag(dag_id, triggered_by=DagRunTriggeredByType.TEST).run_id
-    assert scheduler_loop(dag_id, run_id) == {"model_a": "deferred", "no_outlets": "deferred"}
-    yield dag_id, run_id, asset
-    delete_dag(dag_id, keep_records_in_log=False)
+    with queued_run(tmp_path, dag_id, DAG_FILE.format(dag_id=dag_id, asset=asset)) as run_id:
+        assert scheduler_loop(dag_id, run_id) == {"model_a": "deferred", "no_outlets": "deferred"}
+        yield dag_id, run_id, asset
 
 
 @pytest.mark.parametrize("patched", [True, False], ids=["patched", "stock"])
